@@ -1,0 +1,1 @@
+"""vmunet.config (in progress)."""

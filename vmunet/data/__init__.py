@@ -1,0 +1,1 @@
+"""vmunet.data (in progress)."""

@@ -1,0 +1,1 @@
+"""vmunet.inference (in progress)."""

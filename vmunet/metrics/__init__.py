@@ -1,0 +1,1 @@
+"""vmunet.metrics (in progress)."""

@@ -1,0 +1,1 @@
+"""vmunet.models (in progress)."""

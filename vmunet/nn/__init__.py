@@ -1,0 +1,1 @@
+"""vmunet.nn (in progress)."""

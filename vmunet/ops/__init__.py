@@ -1,0 +1,1 @@
+"""vmunet.ops (in progress)."""

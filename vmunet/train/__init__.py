@@ -1,0 +1,1 @@
+"""vmunet.train (in progress)."""
