@@ -1,1 +1,29 @@
-"""vmunet.ops (in progress)."""
+"""Selective scan (backends) and VM-UNet's cross-scan / cross-merge. No nn.Modules here.
+
+Example:
+    >>> import torch
+    >>> from vmunet.ops import available_backends, selective_scan
+    >>> "reference" in available_backends()
+    True
+"""
+
+from vmunet.ops._backends import (
+    BACKENDS,
+    ENV_VAR,
+    ScanBackendUnavailableError,
+    available_backends,
+    resolve_backend,
+)
+from vmunet.ops.cross_scan import cross_merge_2d, cross_scan_2d
+from vmunet.ops.selective_scan import selective_scan
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "ScanBackendUnavailableError",
+    "available_backends",
+    "cross_merge_2d",
+    "cross_scan_2d",
+    "resolve_backend",
+    "selective_scan",
+]

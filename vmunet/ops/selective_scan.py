@@ -1,0 +1,298 @@
+"""The one selective-scan entry point and its ``torch.library`` custom op.
+
+``selective_scan`` validates and canonicalises its inputs, picks a backend (see
+``vmunet.ops.resolve_backend``) and runs it. Backends:
+
+- ``"cuda"``: mamba-ssm's ``selective_scan_fn`` (CUDA kernel), for CUDA tensors.
+- ``"cpu"``: numba-compiled forward and backward kernels (exact, multi-threaded).
+- ``"torch"``: chunked pure-PyTorch scan with an analytic backward; runs on any device.
+- ``"reference"``: the sequential loop, differentiated by autograd; ground truth for tests.
+
+The "cpu" and "torch" backends run inside the custom ops ``vmunet::selective_scan`` and
+``vmunet::selective_scan_backward``, so ``torch.compile(fullgraph=True)`` and ``torch.export``
+see a single op. Under compilation every backend goes through the op; in eager mode the
+"cuda" backend calls mamba-ssm directly (keeping its fused backward) and "reference" runs as
+plain autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vmunet.ops import _torch_scan
+from vmunet.ops._backends import mamba_selective_scan_fn, numba_kernels, resolve_backend
+from vmunet.ops._reference import selective_scan_reference
+
+__all__ = ["selective_scan"]
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------------------- validation
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _check_bc(name: str, X: Tensor, batch: int, dim: int, n: int, length: int) -> None:
+    expected = (
+        f"{name} must be ({dim}, {n}) = (dim, N) constant, ({batch}, {n}, {length}) = (batch, N, L) shared, "
+        f"or ({batch}, G, {n}, {length}) = (batch, G, N, L) grouped with dim % G == 0"
+    )
+    if X.dim() == 2:
+        if tuple(X.shape) != (dim, n):
+            raise ValueError(f"selective_scan: {expected}; got {_shape(X)}")
+    elif X.dim() == 3:
+        if tuple(X.shape) != (batch, n, length):
+            raise ValueError(f"selective_scan: {expected}; got {_shape(X)}")
+    elif X.dim() == 4:
+        b_, g, n_, l_ = X.shape
+        if (b_, n_, l_) != (batch, n, length) or g < 1:
+            raise ValueError(f"selective_scan: {expected}; got {_shape(X)}")
+        if dim % g != 0:
+            raise ValueError(
+                f"selective_scan: {name} has G = {g} groups but dim = {dim} is not divisible by G; {expected}"
+            )
+    else:
+        raise ValueError(f"selective_scan: {expected}; got a {X.dim()}-D tensor {_shape(X)}")
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
+    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    for name, t in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.is_complex():
+            raise ValueError(f"selective_scan: {name} must be real; complex tensors are not supported")
+        if not t.is_floating_point():
+            raise ValueError(f"selective_scan: {name} must be a floating-point tensor, got {t.dtype}")
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, L), got a {u.dim()}-D tensor {_shape(u)}")
+    batch, dim, length = u.shape
+    if length < 1:
+        raise ValueError(f"selective_scan: u must have L >= 1 time steps, got {_shape(u)}")
+    if tuple(delta.shape) != tuple(u.shape):
+        raise ValueError(
+            f"selective_scan: delta must be (batch, dim, L) = {_shape(u)} like u, got {_shape(delta)}"
+        )
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim, N) with dim = {dim}, got {_shape(A)}")
+    n = A.shape[1]
+    _check_bc("B", B, batch, dim, n, length)
+    _check_bc("C", C, batch, dim, n, length)
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"selective_scan: {name} must be (dim,) = ({dim},), got {_shape(t)}")
+    if z is not None and tuple(z.shape) != tuple(u.shape):
+        raise ValueError(f"selective_scan: z must be (batch, dim, L) = {_shape(u)} like u, got {_shape(z)}")
+    devices = {name: t.device for name, t in named.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{k} on {v}" for k, v in devices.items())
+        raise ValueError(f"selective_scan: all tensors must be on one device, got {listing}")
+
+
+def _canonical_bc(X: Tensor, dim: int) -> Tensor:
+    """(d, N) -> (1, d, N, 1); (b, N, L) -> (b, 1, N, L); (b, G, N, L) unchanged."""
+    if X.dim() == 2:
+        return X.reshape(1, dim, X.shape[1], 1)
+    if X.dim() == 3:
+        return X.unsqueeze(1)
+    return X
+
+
+# --------------------------------------------------------------------------------------- custom op
+def _kernels(backend: str):
+    if backend == "cpu":
+        mod, why = numba_kernels()
+        if mod is None:  # resolve_backend already checked; this is a safety net
+            raise RuntimeError(why)
+        return mod.scan_forward, mod.scan_backward
+    if backend == "cuda":
+        return _cuda_forward, _torch_scan.scan_backward
+    if backend == "reference":
+        return _reference_forward, _torch_scan.scan_backward
+    return _torch_scan.scan_forward, _torch_scan.scan_backward
+
+
+def _reference_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
+    return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, softplus, compute_dtype=u.dtype)
+
+
+def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
+    fn, _ = mamba_selective_scan_fn()
+    b, _, length = u.shape
+    # mamba-ssm wants grouped B/C at full (batch, G, N, L); expand the broadcast canonical form.
+    B = B.expand(b, B.shape[1], B.shape[2], length).contiguous()
+    C = C.expand(b, C.shape[1], C.shape[2], length).contiguous()
+    with torch.no_grad():
+        out, last = fn(u, delta, A, B, C, D, z, delta_bias, softplus, return_last_state=True)
+    return out, last
+
+
+@torch.library.custom_op(
+    "vmunet::selective_scan",
+    mutates_args=(),
+    schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+    "Tensor? delta_bias, bool delta_softplus, str backend) -> (Tensor, Tensor)",
+)
+def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    fwd, _ = _kernels(backend)
+    out, last = fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return out, last
+
+
+@_scan_op.register_fake
+def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+
+
+@torch.library.custom_op(
+    "vmunet::selective_scan_backward",
+    mutates_args=(),
+    schema="(Tensor dout, Tensor? dlast, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+    "Tensor? z, Tensor? delta_bias, bool delta_softplus, str backend) -> Tensor[]",
+)
+def _scan_backward_op(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    _, bwd = _kernels(backend)
+    grads = bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast)
+    # optional inputs get an empty placeholder (custom ops cannot return None)
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_backward_op.register_fake
+def _scan_backward_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    ins = (u, delta, A, B, C, D, z, delta_bias)
+    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in ins]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.delta_softplus = delta_softplus
+    ctx.backend = backend
+
+
+def _backward(ctx, dout, dlast):
+    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+    dout = dout.contiguous() if dout is not None else torch.zeros_like(u)
+    if dlast is not None:
+        dlast = dlast.contiguous()
+    grads = _scan_backward_op(
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.backend
+    )
+    optional = (None, None, None, None, None, D, z, delta_bias)
+    grads = [None if (opt is None and i >= 5) else g for i, (g, opt) in enumerate(zip(grads, optional))]
+    return (*grads, None, None)
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------- public API
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Mamba's selective scan (S6), with mamba-ssm's ``selective_scan_fn`` argument meanings.
+
+    For batch b, channel c, state n and time t (``g`` = the group of channel c, ``c // (dim // G)``)::
+
+        dt      = softplus(delta[b, c, t] + delta_bias[c])     # bias and softplus optional
+        h[n]    = exp(dt * A[c, n]) * h[n] + dt * B[b, g, n, t] * u[b, c, t]
+        y       = sum_n C[b, g, n, t] * h[n] + D[c] * u[b, c, t]
+        out     = y * silu(z[b, c, t])                        # when z is given
+
+    Computation runs in float32 whatever the input dtype (float64 inputs stay float64 on the
+    "torch" and "reference" backends); ``out`` is cast back to u's dtype, ``last_state`` is float32
+    (float64 for those float64 runs). The gradient also flows through ``last_state``.
+
+    Args:
+        u: input, (batch, dim, L).
+        delta: time steps before bias/softplus, (batch, dim, L).
+        A: state matrix, (dim, N), real (typically negative).
+        B: input matrix: (dim, N) constant, (batch, N, L) shared, or (batch, G, N, L) grouped
+            (dim divisible by G).
+        C: output matrix, same forms as B.
+        D: skip connection, (dim,).
+        z: gate, (batch, dim, L); the output is multiplied by ``silu(z)``.
+        delta_bias: added to delta before softplus, (dim,).
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        return_last_state: also return the final state h at t = L - 1, (batch, dim, N).
+        backend: "cuda", "cpu", "torch", "reference", or None / "auto" for automatic choice
+            (see ``resolve_backend``; env var ``VMUNET_SCAN_BACKEND`` overrides the automatic choice).
+
+    Returns:
+        ``out`` (batch, dim, L) in u's dtype, or ``(out, last_state)`` when ``return_last_state``.
+
+    Raises:
+        ValueError: a wrong shape, rank, dtype or device (the message names the argument and the
+            expected shape), or an unknown backend name.
+        ScanBackendUnavailableError: the named backend cannot run here.
+
+    Example:
+        >>> import torch
+        >>> from vmunet.ops import selective_scan
+        >>> b, d, L, N = 1, 8, 32, 4
+        >>> u, delta = torch.randn(b, d, L), torch.randn(b, d, L)
+        >>> A = -torch.rand(d, N)
+        >>> B, C = torch.randn(b, 2, N, L), torch.randn(b, 2, N, L)   # G = 2 groups
+        >>> out = selective_scan(u, delta, A, B, C, D=torch.ones(d), delta_softplus=True, backend="torch")
+        >>> out.shape
+        torch.Size([1, 8, 32])
+    """
+    _validate(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u)
+    compiling = torch.compiler.is_compiling()
+
+    if name == "reference" and not compiling:
+        out, last = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return (out, last) if return_last_state else out
+
+    if name == "cuda" and not compiling:
+        fn, _ = mamba_selective_scan_fn()
+        res = fn(
+            u.contiguous(),
+            delta.contiguous(),
+            A.contiguous().float(),
+            B.contiguous(),
+            C.contiguous(),
+            D.contiguous().float() if D is not None else None,
+            z.contiguous() if z is not None else None,
+            delta_bias.contiguous().float() if delta_bias is not None else None,
+            delta_softplus,
+            return_last_state,
+        )
+        return res
+
+    f = torch.float64 if (u.dtype == torch.float64 and name in ("torch", "reference")) else torch.float32
+    dim = u.shape[1]
+
+    def prep(t: Any) -> Any:
+        return None if t is None else t.to(f).contiguous()
+
+    out, last = _scan_op(
+        prep(u),
+        prep(delta),
+        prep(A),
+        prep(_canonical_bc(B, dim)),
+        prep(_canonical_bc(C, dim)),
+        prep(D),
+        prep(z),
+        prep(delta_bias),
+        bool(delta_softplus),
+        name,
+    )
+    out = out.to(u.dtype)
+    return (out, last) if return_last_state else out
