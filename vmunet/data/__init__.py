@@ -1,1 +1,31 @@
-"""vmunet.data (in progress)."""
+"""vmunet.data: readers and writers that keep geometry, normalisation, datasets, demo data.
+
+Example:
+    >>> from vmunet.data import read_image, write_image, normalize_intensity
+    >>> img = read_image("scan.nii.gz")  # doctest: +SKIP
+"""
+
+from vmunet.data.demo import make_demo_data, make_synthetic_lesions
+from vmunet.data.io import (
+    SUPPORTED_EXTENSIONS,
+    ImageData,
+    case_name,
+    is_supported,
+    read_image,
+    split_extension,
+    write_image,
+)
+from vmunet.data.transforms import normalize_intensity
+
+__all__ = [
+    "ImageData",
+    "read_image",
+    "write_image",
+    "is_supported",
+    "case_name",
+    "split_extension",
+    "SUPPORTED_EXTENSIONS",
+    "normalize_intensity",
+    "make_demo_data",
+    "make_synthetic_lesions",
+]

@@ -1,0 +1,121 @@
+"""Intensity normalisation described by a small, serialisable spec dict.
+
+The same spec is stored in checkpoints (``ckpt["inference"]["normalization"]``)
+so inference normalises exactly as training did. Kinds (``docs/contracts.md``):
+
+* ``{"kind": "imagenet"}``: ImageNet mean/std for 0-255 RGB (channels last).
+* ``{"kind": "meanstd", "mean": [...], "std": [...]}``: per-channel (channels last),
+  or one value for all channels. Values are in the array's own units (0-255 for RGB).
+* ``{"kind": "window", "min": -125, "max": 275}``: clip, then scale to [0, 1]
+  (the TransUNet CT window for Synapse).
+* ``{"kind": "zscore"}``: subtract the mean, divide by the std of the whole array;
+  ``"nonzero": true`` takes the statistics over non-zero voxels only.
+* ``{"kind": "minmax"}``: scale to [0, 1]; optional ``"percentiles": [lo, hi]``
+  clips to those percentiles first.
+* ``{"kind": "none"}``: cast to float32.
+
+Example:
+    >>> import numpy as np
+    >>> x = np.array([-200.0, -125.0, 75.0, 400.0])
+    >>> normalize_intensity(x, {"kind": "window", "min": -125, "max": 275}).tolist()
+    [0.0, 0.0, 0.5, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["normalize_intensity", "NORMALIZATION_KINDS", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# torchvision's ImageNet statistics, expressed for 0-255 pixel values.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+NORMALIZATION_KINDS = ("imagenet", "meanstd", "window", "zscore", "minmax", "none")
+_ALLOWED_KEYS = {
+    "imagenet": set(),
+    "meanstd": {"mean", "std"},
+    "window": {"min", "max"},
+    "zscore": {"nonzero"},
+    "minmax": {"percentiles"},
+    "none": set(),
+}
+
+
+def _per_channel(array: np.ndarray, values: Sequence[float] | float, name: str) -> np.ndarray:
+    v = np.atleast_1d(np.asarray(values, dtype=np.float32))
+    if v.size == 1:
+        return v.reshape(())
+    if array.ndim < 3 or array.shape[-1] != v.size:
+        raise ValueError(
+            f"normalization {name!r} has {v.size} values but the image has shape {array.shape}; "
+            f"expected {v.size} channels last"
+        )
+    return v
+
+
+def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
+    """Normalise ``array`` as ``spec`` describes; returns a new float32 array.
+
+    Args:
+        array: image, channels last for multi-channel pictures.
+        spec: a dict with ``"kind"`` in :data:`NORMALIZATION_KINDS` plus that kind's
+            keys (see the module docstring). ``None`` means ``{"kind": "none"}``.
+
+    Raises:
+        ValueError: unknown kind, unknown or missing key, or channel count mismatch.
+    """
+    spec = dict(spec or {"kind": "none"})
+    kind = spec.pop("kind", None)
+    if kind not in _ALLOWED_KEYS:
+        raise ValueError(
+            f"normalization kind {kind!r} is unknown; expected one of {list(NORMALIZATION_KINDS)}"
+        )
+    extra = set(spec) - _ALLOWED_KEYS[kind]
+    if extra:
+        raise ValueError(
+            f"normalization {kind!r} got unknown key(s) {sorted(extra)}; "
+            f"allowed: {sorted(_ALLOWED_KEYS[kind])}"
+        )
+    x = np.asarray(array, dtype=np.float32)
+    if kind == "none":
+        return x.copy()
+    if kind in ("imagenet", "meanstd"):
+        if kind == "imagenet":
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            if "mean" not in spec or "std" not in spec:
+                raise ValueError("normalization 'meanstd' needs both 'mean' and 'std'")
+            mean, std = spec["mean"], spec["std"]
+        m = _per_channel(x, mean, "mean")
+        s = _per_channel(x, std, "std")
+        if np.any(s == 0):
+            raise ValueError(f"normalization {kind!r}: std must be non-zero, got {std}")
+        return (x - m) / s
+    if kind == "window":
+        if "min" not in spec or "max" not in spec:
+            raise ValueError("normalization 'window' needs 'min' and 'max'")
+        lo, hi = float(spec["min"]), float(spec["max"])
+        if not hi > lo:
+            raise ValueError(f"normalization 'window': 'max' ({hi}) must be greater than 'min' ({lo})")
+        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if kind == "zscore":
+        sel = x[x != 0] if spec.get("nonzero") else x
+        if sel.size == 0:
+            return np.zeros_like(x)
+        mean = float(sel.mean(dtype=np.float64))
+        std = float(sel.std(dtype=np.float64))
+        return ((x - mean) / std).astype(np.float32) if std > 0 else (x - mean).astype(np.float32)
+    # minmax
+    if "percentiles" in spec:
+        lo_p, hi_p = spec["percentiles"]
+        lo, hi = np.percentile(x, [lo_p, hi_p])
+        x = np.clip(x, lo, hi)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x)
+    return ((x - lo) / (hi - lo)).astype(np.float32)
