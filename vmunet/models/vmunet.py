@@ -1,0 +1,532 @@
+"""VM-UNet: Vision Mamba UNet for medical image segmentation (Ruan & Xiang, 2024).
+
+One model family per file, ending in the same order every time (timm ``mambaout.py``):
+the model, the checkpoint filter, default configs, a private builder, the registered
+variants, a tiny variant for tests.
+
+The architecture, parameter names and shapes are those of the public implementation
+(JCruan519/VM-UNet, ``models/vmunet/vmunet.py`` + ``vmamba.py``): a checkpoint of that code
+loads after dropping its ``vmunet.`` prefix, and gives the same logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vmunet.nn import FinalPatchExpand2D, PatchEmbed2D, VSSStage, VSSUpStage
+
+from .registry import register_model
+
+__all__ = [
+    "VMUNet",
+    "checkpoint_filter_fn",
+    "default_cfgs",
+    "vmunet_small",
+    "vmunet_base",
+    "vmunet_tiny",
+]
+
+logger = logging.getLogger(__name__)
+
+PATCH_SIZE = 4
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class VMUNet(nn.Module):
+    """VM-UNet: a U-shaped network of visual state-space (VSS) blocks, for 2-D segmentation.
+
+    Patch embedding (4x4 conv, stride 4, LayerNorm) -> encoder stages of VSS blocks with patch
+    merging after all but the last -> decoder stages of VSS blocks; each decoder stage after
+    the first adds the encoder feature of the same resolution (additive skip) and then patch-
+    expands x2 -> final patch expand x4 -> 1x1 convolution. Returns logits (never a sigmoid).
+
+    Based on: Ruan J., Xiang S., "VM-UNet: Vision Mamba UNet for Medical Image Segmentation",
+    arXiv:2402.02491 (2024); reference code JCruan519/VM-UNet.
+
+    Args:
+        spatial_dims: number of spatial dimensions; only 2 exists for now.
+        in_channels: input image channels (any; a 3-channel checkpoint loads into 1 channel by
+            summing the patch-embedding weights, see :func:`vmunet.models.load_checkpoint`).
+        out_channels: output channels (logits): 1 for binary (sigmoid), else classes (softmax).
+        depths: VSS blocks per encoder stage. The paper's runs use (2, 2, 2, 2); the public
+            class default is (2, 2, 9, 2).
+        depths_decoder: VSS blocks per decoder stage, deepest first. The paper's runs use
+            (2, 2, 2, 1); the public class default is (2, 9, 2, 2).
+        dims: channels of the first stage (doubled at every later stage), or one width per stage
+            (each twice the previous one).
+        d_state: SSM state size N of every SS2D.
+        ssm_ratio: SS2D expansion d_inner = ssm_ratio * d_model.
+        dt_rank: rank of the dt projection, ``"auto"`` = ceil(d_model / 16).
+        d_conv: kernel of the depthwise convolution inside SS2D.
+        drop_rate: dropout after the patch embedding.
+        attn_drop_rate: dropout on the output of every SS2D.
+        drop_path_rate: stochastic depth, rising linearly over the encoder blocks from 0 and
+            mirrored over the decoder blocks.
+        use_checkpoint: gradient checkpointing of the VSS blocks while training.
+        scan_backend: selective-scan backend (``"cuda"``, ``"cpu"``, ``"torch"``,
+            ``"reference"``; ``None`` = automatic, see :func:`vmunet.ops.resolve_backend`).
+
+    Raises:
+        ValueError: an argument outside its allowed values (the message names it).
+
+    Examples::
+
+        # binary lesion segmentation of RGB images, the paper's configuration
+        >>> net = VMUNet(spatial_dims=2, in_channels=3, out_channels=1)
+        >>> sum(p.numel() for p in net.parameters())
+        27427561
+
+        # 9-class abdominal CT, a small network
+        >>> net = VMUNet(in_channels=1, out_channels=9, dims=16, depths=(1, 1, 1, 1),
+        ...              depths_decoder=(1, 1, 1, 1), d_state=4)
+        >>> net(torch.randn(2, 1, 64, 64)).shape
+        torch.Size([2, 9, 64, 64])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        depths_decoder: Sequence[int] = (2, 2, 2, 1),
+        dims: int | Sequence[int] = 96,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.2,
+        use_checkpoint: bool = False,
+        scan_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(
+                f"spatial_dims must be 2, got {spatial_dims!r}: only the 2-D VM-UNet exists for now "
+                "(segment volumes slice by slice)"
+            )
+        _check_int("in_channels", in_channels, 1)
+        _check_int("out_channels", out_channels, 1)
+        depths, depths_decoder, dims = self._check_layout(depths, depths_decoder, dims)
+        _check_int("d_state", d_state, 1)
+        _check_int("d_conv", d_conv, 1)
+        if d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be odd (the depthwise conv keeps the size), got {d_conv}")
+        if isinstance(ssm_ratio, bool) or not isinstance(ssm_ratio, (int, float)) or ssm_ratio <= 0:
+            raise ValueError(f"ssm_ratio must be a number > 0, got {ssm_ratio!r}")
+        if dt_rank != "auto":
+            _check_int("dt_rank", dt_rank, 1)
+        for name, rate in (
+            ("drop_rate", drop_rate),
+            ("attn_drop_rate", attn_drop_rate),
+            ("drop_path_rate", drop_path_rate),
+        ):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
+        self._check_backend(scan_backend)
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.depths = depths
+        self.depths_decoder = depths_decoder
+        self.dims = dims
+        self.num_layers = len(depths)
+        #: H and W must be multiples of this (patch size times the three 2x downsamplings).
+        self.size_divisor = PATCH_SIZE * 2 ** (self.num_layers - 1)
+        self.config: dict[str, Any] = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "depths": list(depths),
+            "depths_decoder": list(depths_decoder),
+            "dims": list(dims),
+            "d_state": d_state,
+            "ssm_ratio": ssm_ratio,
+            "dt_rank": dt_rank,
+            "d_conv": d_conv,
+            "drop_rate": drop_rate,
+            "attn_drop_rate": attn_drop_rate,
+            "drop_path_rate": drop_path_rate,
+            "use_checkpoint": use_checkpoint,
+            "scan_backend": scan_backend,
+        }
+
+        block_kwargs = {
+            "d_state": d_state,
+            "ssm_ratio": ssm_ratio,
+            "dt_rank": dt_rank,
+            "d_conv": d_conv,
+            "attn_drop_rate": attn_drop_rate,
+            "scan_backend": scan_backend,
+        }
+        dims_decoder = dims[::-1]
+        self.patch_embed = PatchEmbed2D(PATCH_SIZE, in_channels, dims[0])
+        self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr_decoder = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
+        self.layers = nn.ModuleList()
+        for i in range(self.num_layers):
+            self.layers.append(
+                VSSStage(
+                    dims[i],
+                    depths[i],
+                    drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    downsample=i < self.num_layers - 1,
+                    use_checkpoint=use_checkpoint,
+                    **block_kwargs,
+                )
+            )
+        self.layers_up = nn.ModuleList()
+        for i in range(self.num_layers):
+            self.layers_up.append(
+                VSSUpStage(
+                    dims_decoder[i],
+                    depths_decoder[i],
+                    drop_path=dpr_decoder[sum(depths_decoder[:i]) : sum(depths_decoder[: i + 1])],
+                    upsample=i > 0,
+                    use_checkpoint=use_checkpoint,
+                    **block_kwargs,
+                )
+            )
+        self.final_up = FinalPatchExpand2D(dims_decoder[-1], dim_scale=PATCH_SIZE)
+        self.final_conv = nn.Conv2d(dims_decoder[-1] // PATCH_SIZE, out_channels, kernel_size=1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _check_layout(
+        depths: Sequence[int], depths_decoder: Sequence[int], dims: int | Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        for name, seq in (("depths", depths), ("depths_decoder", depths_decoder)):
+            if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or len(seq) == 0:
+                raise ValueError(f"{name} must be a non-empty sequence of block counts, got {seq!r}")
+            for d in seq:
+                if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+                    raise ValueError(f"{name} must hold integers >= 0, got {list(seq)!r}")
+        if len(depths_decoder) != len(depths):
+            raise ValueError(
+                f"depths_decoder must have as many stages as depths ({len(depths)}), "
+                f"got {len(depths_decoder)}: {list(depths_decoder)!r}"
+            )
+        n = len(depths)
+        if isinstance(dims, int) and not isinstance(dims, bool):
+            if dims < PATCH_SIZE or dims % PATCH_SIZE:
+                raise ValueError(f"dims must be a positive multiple of {PATCH_SIZE}, got {dims}")
+            dims = [dims * 2**i for i in range(n)]
+        elif isinstance(dims, Sequence) and not isinstance(dims, (str, bytes)):
+            dims = list(dims)
+            if len(dims) != n or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+                raise ValueError(f"dims must be an int or {n} integers (one per stage), got {dims!r}")
+            if dims[0] < PATCH_SIZE or dims[0] % PATCH_SIZE:
+                raise ValueError(f"dims[0] must be a positive multiple of {PATCH_SIZE}, got {dims[0]}")
+            if any(dims[i + 1] != 2 * dims[i] for i in range(n - 1)):
+                raise ValueError(
+                    f"dims must double from stage to stage (patch merging maps C to 2C), got {dims!r}"
+                )
+        else:
+            raise ValueError(f"dims must be an int or a sequence of {n} integers, got {dims!r}")
+        return tuple(depths), tuple(depths_decoder), tuple(dims)
+
+    @staticmethod
+    def _check_backend(scan_backend: str | None) -> None:
+        if scan_backend is None:
+            return
+        from vmunet import ops
+
+        known = ops.available_backends() if hasattr(ops, "available_backends") else []
+        names = getattr(ops, "BACKENDS", None) or ("cuda", "cpu", "torch", "reference")
+        if scan_backend not in names:
+            raise ValueError(
+                f"scan_backend must be None (automatic) or one of {sorted(names)}, got {scan_backend!r}"
+                + (f" (available here: {known})" if known else "")
+            )
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # As the public VSSM: Linear ~ trunc_normal(0.02), zero bias; LayerNorm 1 / 0; convs and
+        # the SSM parameters (not Linear modules) keep their own initialisation.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_scan_backend(self, scan_backend: str | None) -> VMUNet:
+        """Use ``scan_backend`` in every SS2D from now on (``None``: automatic). Returns self."""
+        self._check_backend(scan_backend)
+        for m in self.modules():
+            if hasattr(m, "scan_backend") and m is not self:
+                m.scan_backend = scan_backend
+        self.config["scan_backend"] = scan_backend
+        return self
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        """Parameter-name fragments an optimiser should not decay (the SSM's A_log and D, as Mamba)."""
+        return {"A_logs", "Ds"}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, H, W)`` with H, W multiples of 32."""
+        if x.dim() != 4:
+            raise ValueError(
+                f"VMUNet expects a 4-D input (batch, channels, height, width), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input has {x.shape[1]} channel(s) (dim 1 of shape {tuple(x.shape)}), "
+                f"the model was built with in_channels={self.in_channels}"
+            )
+        k = self.size_divisor
+        for axis, name in ((2, "height"), (3, "width")):
+            size = int(x.shape[axis])
+            if size % k or size == 0:
+                below, above = (size // k) * k, (size // k + 1) * k
+                fits = f"{below} or {above}" if below > 0 else f"{above}"
+                raise ValueError(
+                    f"input {name} (dim {axis}) is {size}, which is not a multiple of {k}; nearest sizes "
+                    f"that fit: {fits} (pad or resize; vmunet.inference pads automatically)"
+                )
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder: returns the deepest feature and the skip features (channels-last)."""
+        x = self.pos_drop(self.patch_embed(x))
+        skips = []
+        for layer in self.layers:
+            skips.append(x)  # skips[0] (the patch embedding) is never used, as in the public code
+            x = layer(x)
+        return x, skips
+
+    def forward_features_up(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder: stage 0 on the encoder output; stage i adds the skip of the same size first."""
+        for i, layer_up in enumerate(self.layers_up):
+            x = layer_up(x) if i == 0 else layer_up(x + skips[-i])
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits; H, W multiples of 32."""
+        self.check_input(x)
+        x, skips = self.forward_features(x)
+        x = self.forward_features_up(x, skips)
+        x = self.final_up(x).permute(0, 3, 1, 2)
+        return self.final_conv(x)
+
+
+# --------------------------------------------------------------------------- checkpoint filter
+
+# Prefixes a wrapper adds in front of our keys: DDP / DataParallel, torch.compile, the public
+# VM-UNet wrapper (its ``VMUNet`` holds the network as ``self.vmunet``).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "vmunet.")
+# Keys of the VMamba ImageNet classifier that have no counterpart in the segmentation network.
+_CLASSIFIER_KEY = re.compile(r"^(norm|head|classifier)\.")
+_ENCODER_STAGE_KEY = re.compile(r"^layers\.(\d+)\.(.*)$")
+_BLOCK_KEY = re.compile(r"^layers(_up)?\.(\d+)\.blocks\.(\d+)\.")
+_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "model_ema", "state_dict_ema")
+
+
+def _unwrap(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    if checkpoint.get("format") == "vmunet" and isinstance(checkpoint.get("model"), dict):
+        return checkpoint["model"]
+    for key in _STATE_DICT_KEYS:
+        inner = checkpoint.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    return checkpoint
+
+
+def _strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    changed = True
+    while changed and state_dict:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state_dict):
+                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+                changed = True
+    return state_dict
+
+
+def is_vmamba_encoder_checkpoint(state_dict: dict[str, Any]) -> bool:
+    """True for a VMamba (classification) state dict: encoder ``layers.*`` but no ``layers_up.*``."""
+    keys = list(state_dict)
+    return any(k.startswith("layers.") for k in keys) and not any(k.startswith("layers_up.") for k in keys)
+
+
+def _mirror_vmamba(state_dict: dict[str, Any], num_layers: int, skipped: dict[str, str]) -> dict[str, Any]:
+    """Encoder keys as they are, plus each encoder block copied into decoder stage n-1-i.
+
+    What the public ``VMUNet.load_from`` does with ``vmamba_small_e238_ema.pth``: first the
+    encoder (``patch_embed.*``, ``layers.i.blocks.j.*``, ``layers.i.downsample.*``), then every
+    ``layers.i.*`` key renamed to ``layers_up.(3-i).*`` (only the blocks exist there; the
+    decoder's patch-expand layers stay as initialised).
+    """
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if _CLASSIFIER_KEY.match(key):
+            skipped[key] = "ImageNet classifier head of the VMamba checkpoint: no counterpart in VM-UNet"
+            continue
+        out[key] = value
+        m = _ENCODER_STAGE_KEY.match(key)
+        if m and m.group(2).startswith("blocks."):
+            stage = int(m.group(1))
+            if stage < num_layers:
+                out[f"layers_up.{num_layers - 1 - stage}.{m.group(2)}"] = value
+    return out
+
+
+def _adapt_patch_embed(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    # A 3-channel patch embedding into a 1-channel model: the public model repeats a 1-channel
+    # image to 3 channels, and conv(w, [x, x, x]) == conv(w.sum(1), x).
+    if (
+        key == "patch_embed.proj.weight"
+        and value.dim() == 4
+        and target.dim() == 4
+        and target.shape[1] == 1
+        and value.shape[1] == 3
+        and value.shape[0] == target.shape[0]
+        and value.shape[2:] == target.shape[2:]
+    ):
+        return value.sum(dim=1, keepdim=True)
+    return None
+
+
+def checkpoint_filter_fn(
+    state_dict: dict[str, Any],
+    model: nn.Module,
+    skipped: dict[str, str] | None = None,
+    adapted: dict[str, str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Map a checkpoint onto ``model``'s keys: rename, check every shape, adapt what is safe.
+
+    Accepts this package's checkpoints, the public VM-UNet's (keys ``vmunet.*``, a bare state
+    dict or ``{"model_state_dict": ...}``) and VMamba ImageNet checkpoints (``{"model": ...}``,
+    encoder only, mirrored into the decoder as the public ``load_from`` does). Nothing is
+    matched by name alone: a tensor whose shape differs from the model's is left out (and
+    recorded in ``skipped`` with the reason), except a 3-channel patch embedding loaded into a
+    1-channel model, which is summed over its input channels (recorded in ``adapted``).
+
+    Args:
+        state_dict: the checkpoint (a state dict, or a dict holding one).
+        model: the :class:`VMUNet` to load into.
+        skipped: if given, filled with ``{checkpoint key: why it was left out}``.
+        adapted: if given, filled with ``{model key: what was changed}``.
+
+    Returns:
+        A state dict holding only keys of ``model`` with tensors of the right shapes.
+    """
+    skipped = {} if skipped is None else skipped
+    adapted = {} if adapted is None else adapted
+    state_dict = _strip_prefixes(_unwrap(state_dict))
+    target = model.state_dict()
+    # Native keys with the right shapes: nothing to do (timm's early return).
+    if set(state_dict) == set(target) and all(
+        isinstance(v, torch.Tensor) and v.shape == target[k].shape for k, v in state_dict.items()
+    ):
+        return dict(state_dict)
+    if is_vmamba_encoder_checkpoint(state_dict):
+        num_layers = getattr(model, "num_layers", 4)
+        state_dict = _mirror_vmamba(state_dict, num_layers, skipped)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            skipped[key] = f"not a tensor ({type(value).__name__})"
+            continue
+        if key not in target:
+            m = _BLOCK_KEY.match(key)
+            if m:
+                where = "decoder" if m.group(1) else "encoder"
+                skipped[key] = (
+                    f"the model's {where} stage {m.group(2)} has no block {m.group(3)} "
+                    "(the checkpoint is deeper there)"
+                )
+            else:
+                skipped[key] = "no parameter of this name in the model"
+            continue
+        want = target[key]
+        if value.shape != want.shape:
+            fixed = _adapt_patch_embed(key, value, want)
+            if fixed is not None:
+                adapted[key] = (
+                    f"summed the checkpoint's {value.shape[1]} input channels into 1 "
+                    "(what repeating a 1-channel image to 3 channels computes)"
+                )
+                out[key] = fixed
+                continue
+            skipped[key] = f"shape {tuple(value.shape)} in the checkpoint, the model has {tuple(want.shape)}"
+            continue
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- default configs
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "paper": "arXiv:2402.02491",
+        "input_size": (3, 256, 256),
+        "size_divisor": 32,
+        "num_classes": 1,
+        "url": None,  # no weights are downloaded; pass checkpoint=PATH to create_model
+        **kwargs,
+    }
+
+
+default_cfgs: dict[str, dict[str, Any]] = {
+    "vmunet_small": _cfg(
+        notes="the configuration of the paper's runs (JCruan519/VM-UNet configs/config_setting*.py), "
+        "initialised there from VMamba-S (vmamba_small_e238_ema.pth)",
+        num_params=27_427_561,
+    ),
+    "vmunet_base": _cfg(notes="the default of the public VMUNet class", num_params=44_273_833),
+    "vmunet_tiny": _cfg(notes="tiny, random weights: tests and smoke runs only", input_size=(3, 64, 64)),
+}
+
+
+# --------------------------------------------------------------------------- builder and variants
+
+
+def _create_vmunet(variant: str, **kwargs: Any) -> VMUNet:
+    model = VMUNet(**kwargs)
+    model.pretrained_cfg = default_cfgs[variant]
+    return model
+
+
+@register_model
+def vmunet_small(**kwargs: Any) -> VMUNet:
+    """The paper's VM-UNet: depths (2, 2, 2, 2), decoder (2, 2, 2, 1), dims 96 (27.4 M parameters)."""
+    args: dict[str, Any] = {"depths": (2, 2, 2, 2), "depths_decoder": (2, 2, 2, 1), "dims": 96}
+    return _create_vmunet("vmunet_small", **{**args, **kwargs})
+
+
+@register_model
+def vmunet_base(**kwargs: Any) -> VMUNet:
+    """The public class default: depths (2, 2, 9, 2), decoder (2, 9, 2, 2), dims 96 (44.3 M parameters)."""
+    args: dict[str, Any] = {"depths": (2, 2, 9, 2), "depths_decoder": (2, 9, 2, 2), "dims": 96}
+    return _create_vmunet("vmunet_base", **{**args, **kwargs})
+
+
+@register_model
+def vmunet_tiny(**kwargs: Any) -> VMUNet:
+    """A tiny VM-UNet for tests and smoke runs: one block per stage, dims 16, d_state 4."""
+    args: dict[str, Any] = {
+        "depths": (1, 1, 1, 1),
+        "depths_decoder": (1, 1, 1, 1),
+        "dims": 16,
+        "d_state": 4,
+        "drop_path_rate": 0.1,
+    }
+    return _create_vmunet("vmunet_tiny", **{**args, **kwargs})
