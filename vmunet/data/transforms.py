@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normalize_intensity", "NORMALIZATION_KINDS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "normalize_intensity",
+    "check_normalization",
+    "NORMALIZATION_KINDS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 # torchvision's ImageNet statistics, expressed for 0-255 pixel values.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -57,6 +63,31 @@ def _per_channel(array: np.ndarray, values: Sequence[float] | float, name: str) 
     return v
 
 
+def check_normalization(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a normalisation spec (kind, keys, required values) without data; returns a copy.
+
+    Raises:
+        ValueError: naming the bad kind or key.
+    """
+    spec = dict(spec or {"kind": "none"})
+    kind = spec.get("kind")
+    if kind not in _ALLOWED_KEYS:
+        raise ValueError(
+            f"normalization kind {kind!r} is unknown; expected one of {list(NORMALIZATION_KINDS)}"
+        )
+    extra = set(spec) - _ALLOWED_KEYS[kind] - {"kind"}
+    if extra:
+        raise ValueError(
+            f"normalization {kind!r} got unknown key(s) {sorted(extra)}; "
+            f"allowed: {sorted(_ALLOWED_KEYS[kind])}"
+        )
+    required = {"meanstd": ("mean", "std"), "window": ("min", "max")}.get(kind, ())
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise ValueError(f"normalization {kind!r} needs {list(required)}; missing {missing}")
+    return spec
+
+
 def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
     """Normalise ``array`` as ``spec`` describes; returns a new float32 array.
 
@@ -68,18 +99,8 @@ def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any] | None) -> np
     Raises:
         ValueError: unknown kind, unknown or missing key, or channel count mismatch.
     """
-    spec = dict(spec or {"kind": "none"})
-    kind = spec.pop("kind", None)
-    if kind not in _ALLOWED_KEYS:
-        raise ValueError(
-            f"normalization kind {kind!r} is unknown; expected one of {list(NORMALIZATION_KINDS)}"
-        )
-    extra = set(spec) - _ALLOWED_KEYS[kind]
-    if extra:
-        raise ValueError(
-            f"normalization {kind!r} got unknown key(s) {sorted(extra)}; "
-            f"allowed: {sorted(_ALLOWED_KEYS[kind])}"
-        )
+    spec = check_normalization(spec)
+    kind = spec.pop("kind")
     x = np.asarray(array, dtype=np.float32)
     if kind == "none":
         return x.copy()
