@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from vmunet.errors import VmunetUserError
-from vmunet.utils.io import atomic_write_text
+from vmunet.utils.io import atomic_path, atomic_write_text
 
 __all__ = [
     "FolderSummary",
@@ -385,11 +385,23 @@ def _outputs_for(item: InputItem, out_dir: Path, probabilities: bool, overlay: b
 
 def _save_probabilities(path: Path, probs: np.ndarray, like: Any) -> None:
     from vmunet.data import write_image
+    from vmunet.data.io import VOLUME_FORMATS
 
     if probs.shape[-1] == 1:
         probs = probs[..., 0]
-    if path.suffix.lower() in (".tif", ".tiff") and like.format in _PICTURE_FORMATS:
-        like = None  # a picture's geometry is unit spacing anyway
+    if path.suffix.lower() in (".tif", ".tiff") and like.format not in VOLUME_FORMATS:
+        # Class axis last as samples of one page (not RGB), so K=3 does not read as a colour image.
+        import tifffile
+
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(
+                str(tmp),
+                np.ascontiguousarray(probs),
+                photometric="minisblack",
+                planarconfig="contig" if probs.ndim == 3 else None,
+                compression="zlib",
+            )
+        return
     write_image(path, np.ascontiguousarray(probs), like=like)
 
 

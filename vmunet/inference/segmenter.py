@@ -39,6 +39,9 @@ __all__ = ["InferenceSpec", "Prediction", "Segmenter", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
+# (channels in the file, channels the model takes) pairs converted like the training datasets.
+_CONVERTIBLE = {(1, 3), (4, 3), (3, 1), (4, 1)}
+
 #: Volumes with at least this many slices get their own progress bar (when bars are on).
 SLICE_BAR_MIN = 32
 
@@ -434,29 +437,47 @@ class Segmenter:
             f"input array: expected (H, W), (H, W, C) or a volume (X, Y, Z[, C]), got shape {image.shape}"
         )
 
-    def _channels_last(self, img: Any, arr: np.ndarray, spatial: int) -> np.ndarray:
-        """Return ``arr`` with exactly ``in_channels`` channels last (2-D: (H, W, C); volume (X,Y,Z,C))."""
-        want = self.spec.in_channels
+    def _check_channels(self, img: Any, arr: np.ndarray, spatial: int) -> int:
+        """Channels of ``arr`` (``spatial`` spatial axes); raise when the model cannot take them."""
         if arr.ndim == spatial:
             have = 1
         elif arr.ndim == spatial + 1:
-            have = arr.shape[-1]
+            have = int(arr.shape[-1])
         else:
             raise self._bad(img, f"expected {spatial} spatial axes (+ channels), got shape {arr.shape}")
+        want = self.spec.in_channels
+        if (have, want) not in _CONVERTIBLE and have != want:
+            kind = {1: "grayscale", 2: "2-channel", 3: "RGB", 4: "RGBA"}.get(have, f"{have}-channel")
+            raise self._bad(
+                img,
+                f"image has {have} channel(s) ({kind}, shape {arr.shape}) but the model expects {want}",
+            )
+        return have
+
+    def _to_model_channels(self, arr: np.ndarray, spatial: int) -> np.ndarray:
+        """``(..spatial..[, C])`` -> ``(..spatial.., in_channels)``, converted as the training datasets do.
+
+        Same rule as ``vmunet.data.datasets`` (``_as_channels``): grayscale is repeated
+        to 3 channels, RGBA loses its alpha, RGB(A) becomes grayscale by the channel mean.
+        """
+        if arr.ndim == spatial:
+            arr = arr[..., None]
+        have, want = arr.shape[-1], self.spec.in_channels
         if have == want:
-            return arr if arr.ndim == spatial + 1 else arr[..., None]
-        if have == 4 and want == 3 and spatial == 2:
-            return arr[..., :3]  # RGBA picture: the alpha channel is dropped
-        kind = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(have, f"{have}-channel")
-        raise self._bad(
-            img,
-            f"image has {have} channel(s) ({kind}, shape {arr.shape}) but the model expects {want}",
-        )
+            return arr
+        if want == 3 and have == 1:
+            return np.repeat(arr, 3, axis=-1)
+        if want == 3 and have == 4:
+            return arr[..., :3]
+        if want == 1 and have in (3, 4):
+            return arr[..., :3].mean(axis=-1, keepdims=True, dtype=np.float32)
+        raise ValueError(f"cannot turn {have} channel(s) into {want}")  # guarded by _check_channels
 
     def _predict_2d(self, img: Any, return_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from vmunet.data import normalize_intensity
 
-        arr = self._channels_last(img, img.array, 2)  # (H, W, C)
+        self._check_channels(img, img.array, 2)
+        arr = self._to_model_channels(img.array, 2)  # (H, W, C)
         x = normalize_intensity(arr if arr.shape[-1] > 1 else arr[..., 0], self.spec.normalization)
         x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)  # (C, H, W)
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
@@ -492,39 +513,6 @@ class Segmenter:
             raise ValueError(f"axis must be None, 0, 1 or 2, got {axis!r}")
         return axis
 
-    def _pointwise_normalization(self, arr: np.ndarray) -> dict[str, Any]:
-        """Turn whole-volume statistics (zscore, minmax) into a pointwise spec, computed in chunks."""
-        spec = dict(self.spec.normalization)
-        kind = spec.get("kind")
-        if kind not in ("zscore", "minmax"):
-            return spec
-        if kind == "minmax" and "percentiles" in spec:
-            lo, hi = np.percentile(arr, list(spec["percentiles"]))
-            return {"kind": "window", "min": float(lo), "max": float(max(hi, lo + 1e-6))}
-        # Streamed statistics over the last axis: no full-volume float copy.
-        nonzero = kind == "zscore" and bool(spec.get("nonzero"))
-        n = 0
-        s = 0.0
-        ss = 0.0
-        lo, hi = np.inf, -np.inf
-        for k in range(arr.shape[2]):
-            sl = np.asarray(arr[:, :, k], dtype=np.float64)
-            if nonzero:
-                sl = sl[sl != 0]
-            if sl.size == 0:
-                continue
-            n += sl.size
-            s += float(sl.sum())
-            ss += float(np.square(sl).sum())
-            lo, hi = min(lo, float(sl.min())), max(hi, float(sl.max()))
-        if kind == "minmax":
-            return {"kind": "window", "min": lo, "max": hi if hi > lo else lo + 1e-6}
-        if n == 0:
-            return {"kind": "meanstd", "mean": 0.0, "std": 1.0}
-        mean = s / n
-        std = float(np.sqrt(max(ss / n - mean * mean, 0.0)))
-        return {"kind": "meanstd", "mean": mean, "std": std if std > 0 else 1.0}
-
     def _predict_volume(
         self,
         img: Any,
@@ -534,14 +522,15 @@ class Segmenter:
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         from vmunet.data import normalize_intensity
 
-        arr = self._channels_last(img, img.array, 3)
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
+        arr = img.array
+        self._check_channels(img, arr, 3)
         ax = self._volume_axis(img, axis)
-        spec = self._pointwise_normalization(arr)
+        spec = self.spec.normalization
 
         def normalize(block: np.ndarray) -> np.ndarray:
-            return normalize_intensity(block, spec)
+            # Each slice on its own, as the training slice datasets do (matters for zscore / minmax).
+            out = [normalize_intensity(self._to_model_channels(sl, 2), spec) for sl in block]
+            return np.stack(out)
 
         n_slices = arr.shape[ax]
         bar = None
