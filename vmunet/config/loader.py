@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -166,6 +167,14 @@ def _convert(value: Any, tp: Any, dotted: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML reads "1e-3" (no dot) as a string: accept numbers written that way.
+            try:
+                number = float(value)
+            except ValueError:
+                number = float("nan")
+            if math.isfinite(number):
+                return number
         raise _bad_type(dotted, tp, value, source)
     if tp is str:
         if isinstance(value, str):

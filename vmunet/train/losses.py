@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 __all__ = ["BCEDiceLoss", "build_loss"]
@@ -35,6 +34,8 @@ class BCEDiceLoss(nn.Module):
     """
 
     def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+        from monai.losses import DiceLoss  # imported here: importing monai takes seconds
+
         super().__init__()
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
@@ -48,6 +49,8 @@ class BCEDiceLoss(nn.Module):
 
 class _CEDice(nn.Module):
     def __init__(self, ce_weight: float, dice_weight: float) -> None:
+        from monai.losses import DiceCELoss
+
         super().__init__()
         # include_background / squared_pred / batch follow the public nDiceLoss (per class over the
         # whole batch, background included, squared terms in the denominator).

@@ -254,8 +254,9 @@ def plot_validation_grid(
             if cls == 0:
                 continue
             for mask, color in ((labels[i] == cls, "lime"), (preds[i] == cls, "red")):
-                for contour in find_contours(mask.astype(np.float32), 0.5):
-                    ax.plot(contour[:, 1], contour[:, 0], color=color, linewidth=1)
+                # Pad so that a mask touching the border (or filling the image) still gets a contour.
+                for contour in find_contours(np.pad(mask.astype(np.float32), 1), 0.5):
+                    ax.plot(contour[:, 1] - 1, contour[:, 0] - 1, color=color, linewidth=1)
     fig.suptitle(f"{title}  (green: truth, red: prediction)".strip())
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -31,7 +31,7 @@ __all__ = ["ResumableSampler", "SeededDataset", "sample_seed"]
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed that depends only on ``(seed, epoch, index)``."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index + 1]).generate_state(1)[0])
 
 
 class ResumableSampler(Sampler):
