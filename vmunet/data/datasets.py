@@ -737,6 +737,11 @@ def find_synapse_volumes(root: str | os.PathLike[str], split: str) -> tuple[str,
     split = SPLIT_ALIASES.get(split, split)
     cases = _synapse_split_cases(split)
     if (root / "volumes").is_dir():
+        try:  # a subset prepared with check_counts=False holds only some cases
+            done = json.loads((root / "prepared.json").read_text())["slices"]
+            cases = [c for c in cases if c in done]
+        except (OSError, ValueError, KeyError):
+            pass
         srcs = [
             VolumeSource(
                 root / "volumes" / f"{c}_image.npy", root / "volumes" / f"{c}_label.npy", c, zfirst=True
