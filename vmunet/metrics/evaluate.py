@@ -46,41 +46,15 @@ __all__ = ["evaluate_folders", "case_name", "load_class_names"]
 
 logger = logging.getLogger(__name__)
 
-# Longest first so that ".nii.gz" wins over ".gz".
-_EXTENSIONS = (
-    ".nii.gz",
-    ".seg.nrrd",
-    ".nii",
-    ".nrrd",
-    ".nhdr",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-    ".bmp",
-    ".npy",
-    ".npz",
-    ".h5",
-    ".hdf5",
-    ".dcm",
-)
 # Companion / side files that are never cases on their own.
 _IGNORED_SUFFIXES = (".raw", ".zraw", ".json", ".txt", ".csv", ".md", ".yaml", ".yml", ".log")
 
 
 def case_name(path: str | os.PathLike[str], protocol: str = "standard") -> str:
     """The case name of a file: its name without the image extension (and ``_segmentation`` for ISIC)."""
-    name = Path(path).name
-    lower = name.lower()
-    for ext in _EXTENSIONS:
-        if lower.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    else:
-        name = Path(name).stem if "." in name else name
+    from vmunet.data.io import split_extension  # the readers' own notion of an extension (".nii.gz")
+
+    name = split_extension(path)[0]
     if protocol == "isic" and name.endswith("_segmentation"):
         name = name[: -len("_segmentation")]
     return name
@@ -158,6 +132,16 @@ def _list_cases(folder: Path, protocol: str, role: str, skipped: list[dict[str, 
 def _skip(skipped: list[dict[str, str]], case: str, path: Path | None, kind: str, reason: str) -> None:
     skipped.append({"case": case, "file": str(path) if path else "", "kind": kind, "reason": reason})
     logger.warning("skipped %s: %s", path if path else case, reason)
+
+
+def _read(read_image: Any, path: Path, is_label: bool) -> Any:
+    """Read one file; ``.npz`` / ``.h5`` label files: prefer the array named ``label`` (TransUNet)."""
+    if is_label and path.name.lower().endswith((".npz", ".h5", ".hdf5")):
+        try:
+            return read_image(path, key="label")
+        except Exception:
+            pass
+    return read_image(path)
 
 
 def _single_channel(image: Any) -> np.ndarray:
@@ -287,7 +271,7 @@ def evaluate_folders(
         images = []
         for path in (pred_path, label_path):
             try:
-                images.append(read_image(path))
+                images.append(_read(read_image, path, is_label=path is label_path))
             except Exception as exc:  # any reader failure: name the file, keep going
                 reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
                 _skip(skipped, name, path, "unreadable", f"cannot read: {reason}")
