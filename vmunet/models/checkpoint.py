@@ -132,8 +132,11 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch's weights_only message is long; keep the line that names the refused object
+        first = lines[0] if lines else type(exc).__name__
+        msg = next((ln for ln in lines if "Unsupported global" in ln), first)
+        if "Unsupported global" in str(exc) or "GLOBAL " in str(exc):
             raise InputFileError(
                 p,
                 "the checkpoint holds pickled Python objects that torch.load(weights_only=True) will not "
@@ -281,7 +284,7 @@ def save_checkpoint(
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "vmunet_version": vmunet.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
         "arch": {"name": arch_name, "kwargs": dict(arch_kwargs)},
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "inference": {**_default_inference(net), **(inference or {})},

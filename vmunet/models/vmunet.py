@@ -176,8 +176,9 @@ class VMUNet(nn.Module):
         dims_decoder = dims[::-1]
         self.patch_embed = PatchEmbed2D(PATCH_SIZE, in_channels, dims[0])
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        dpr_decoder = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
+        # device="cpu": also right under a ``torch.device("meta")`` context
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        dpr_decoder = torch.linspace(0, drop_path_rate, sum(depths_decoder), device="cpu").tolist()[::-1]
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             self.layers.append(

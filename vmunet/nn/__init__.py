@@ -10,10 +10,11 @@ Example:
 from __future__ import annotations
 
 from .patch import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, pixel_shuffle_last
-from .vss import NUM_SCAN_DIRECTIONS, SS2D, VSSBlock, VSSStage, VSSUpStage
+from .vss import NUM_SCAN_DIRECTIONS, SS2D, DropPath, VSSBlock, VSSStage, VSSUpStage
 
 __all__ = [
     "NUM_SCAN_DIRECTIONS",
+    "DropPath",
     "SS2D",
     "VSSBlock",
     "VSSStage",

@@ -17,17 +17,48 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from monai.networks.layers import DropPath
 from torch import nn
 
 from vmunet import ops
 
 from .patch import PatchExpand2D, PatchMerging2D
 
-__all__ = ["SS2D", "VSSBlock", "VSSStage", "VSSUpStage", "NUM_SCAN_DIRECTIONS"]
+__all__ = ["SS2D", "VSSBlock", "VSSStage", "VSSUpStage", "DropPath", "NUM_SCAN_DIRECTIONS"]
 
 #: The four scan orders of the 2-D cross-scan: row-major, column-major and both reversed.
 NUM_SCAN_DIRECTIONS = 4
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm semantics): while training, zero a sample's residual
+    branch with probability ``drop_prob`` and scale the kept ones by ``1 / (1 - drop_prob)``.
+
+    Written here rather than imported from MONAI (same semantics, ``monai.networks.layers.DropPath``)
+    because importing MONAI costs seconds, and ``import vmunet`` should not.
+
+    Args:
+        drop_prob: probability of dropping the branch, in [0, 1).
+
+    Example:
+        >>> DropPath(0.2).eval()(torch.ones(2, 3)).sum().item()
+        6.0
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
 
 
 class SS2D(nn.Module):
