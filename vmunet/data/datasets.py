@@ -626,7 +626,7 @@ class VolumeSliceDataset(_Base):
             if self.axis == 2:
                 return np.array(vol[k])
             vol = np.moveaxis(vol, 0, -1)
-        return np.array(np.take(vol, k, axis=self.axis))
+        return np.ascontiguousarray(vol[(slice(None),) * self.axis + (k,)])  # a view, then one copy
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None, str]:
         """Raw (image slice, label slice or None, case name) before any transform."""
