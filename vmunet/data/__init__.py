@@ -28,4 +28,30 @@ __all__ = [
     "normalize_intensity",
     "make_demo_data",
     "make_synthetic_lesions",
+    "build_dataset",
+    "build_transforms",
+    "build_volume_transforms",
+    "prepare_dataset",
+    "load_manifest",
+    "VolumeSliceDataset",
+    "PairedImageDataset",
 ]
+
+# Heavier pieces (torch datasets, albumentations) load on first use.
+_LAZY = {
+    "build_dataset": "vmunet.data.datasets",
+    "VolumeSliceDataset": "vmunet.data.datasets",
+    "PairedImageDataset": "vmunet.data.datasets",
+    "build_transforms": "vmunet.data.augment",
+    "build_volume_transforms": "vmunet.data.augment",
+    "prepare_dataset": "vmunet.data.prepare",
+    "load_manifest": "vmunet.data.manifests",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vmunet.data' has no attribute {name!r}")
