@@ -172,4 +172,4 @@ class EvaluationResult:
 
 
 def _settings_line(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in settings.items())
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if not k.endswith("_dir"))
