@@ -41,7 +41,8 @@ def test_opcheck(backend):
     u, B, C = _inputs()
     d, n = 4, 3
     args = (u, u.clone(), -torch.rand(d, n), B, C, torch.ones(d), None, torch.zeros(d), True, backend)
-    torch.library.opcheck(torch.ops.vmunet.selective_scan.default, args, test_utils=("test_schema", "test_faketensor"))
+    op = torch.ops.vmunet.selective_scan.default
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_one_op_in_the_graph():

@@ -36,7 +36,8 @@ def make_inputs(b, d, L, N, bc, G=2, D=True, z=True, bias=True, dtype=torch.floa
         "delta_bias": r(d, scale=0.5) if bias else None,
     }
     # low-precision inputs are rounded first so that the float64 reference sees the same values
-    return {k: (v.to(dtype) if v is not None and k in ("u", "delta", "B", "C", "z") else v) for k, v in ins.items()}
+    low = ("u", "delta", "B", "C", "z")
+    return {k: (v.to(dtype) if v is not None and k in low else v) for k, v in ins.items()}
 
 
 def run(ins, backend, softplus=True, last=False, dlast_weight=0.0):
@@ -149,7 +150,15 @@ def test_vmunet_call_pattern():
     )  # fmt: skip
     for backend in CPU_BACKENDS:
         out = selective_scan(
-            xs.view(Bsz, K * Dm, L), dts, As, Bs, Cs, Ds, delta_bias=bias, delta_softplus=True, backend=backend
+            xs.view(Bsz, K * Dm, L),
+            dts,
+            As,
+            Bs,
+            Cs,
+            Ds,
+            delta_bias=bias,
+            delta_softplus=True,
+            backend=backend,
         )
         assert_close(out, ref, 2e-4, 2e-4, backend)
 
