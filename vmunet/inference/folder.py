@@ -405,6 +405,74 @@ def _save_probabilities(path: Path, probs: np.ndarray, like: Any) -> None:
     write_image(path, np.ascontiguousarray(probs), like=like)
 
 
+def _check_item(item: InputItem, outs: dict[str, Path], input_paths: set[Path], claimed: dict) -> None:
+    """Refuse unsupported files, outputs that would land on an input, and output name clashes."""
+    if not item.supported:
+        from vmunet.data.io import SUPPORTED_EXTENSIONS
+
+        raise VmunetUserError(
+            f"{item.path}: unsupported file type; expected one of "
+            f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM series folder"
+        )
+    target = outs["mask"].resolve()
+    if any(p.resolve() in input_paths for p in outs.values()):
+        raise VmunetUserError(f"{item.path}: its output {target} would overwrite an input")
+    if target in claimed:
+        raise VmunetUserError(
+            f"{item.path}: output name {outs['mask'].name} is already used by {claimed[target]}; "
+            "rename one of them"
+        )
+    claimed[target] = item.path
+
+
+def _existing_output(outs: dict[str, Path]) -> Any:
+    """The finished label map when every requested output exists (resume), else ``None``."""
+    from vmunet.data import read_image
+
+    if not all(p.exists() for p in outs.values()):
+        return None
+    try:
+        return read_image(outs["mask"])
+    except Exception:  # an unreadable leftover is segmented again
+        return None
+
+
+def _existing_row(existing: Any, names: Sequence[str]) -> dict[str, Any]:
+    labels = np.asarray(existing.array)
+    if labels.ndim > existing.spatial_ndim:
+        labels = labels[..., 0]
+    row = {
+        "status": "skipped",
+        "shape": _fmt_tuple(existing.spatial_shape),
+        "spacing": _fmt_tuple(existing.spacing),
+    }
+    row.update(_stats(labels.astype(np.int64), existing.spacing, existing.is_volume, names))
+    return row
+
+
+def _segment_one(
+    segmenter: Any,
+    item: InputItem,
+    outs: dict[str, Path],
+    probabilities: bool,
+    overlay: bool,
+    slice_bar: bool,
+) -> dict[str, Any]:
+    """Predict one input, write its outputs; returns its summary fields."""
+    from vmunet.data import write_image
+
+    pred = segmenter.predict(item.path, return_probabilities=probabilities, progress=slice_bar)
+    img = pred.image
+    write_image(outs["mask"], pred.labels, like=img)
+    if probabilities and pred.probabilities is not None:
+        _save_probabilities(outs["probabilities"], pred.probabilities, img)
+    if overlay:
+        _write_overlay(outs["overlay"], pred, dict(segmenter.spec.normalization))
+    row = {"status": "ok", "shape": _fmt_tuple(img.spatial_shape), "spacing": _fmt_tuple(img.spacing)}
+    row.update(_stats(pred.labels, img.spacing, img.is_volume, segmenter.class_names))
+    return row
+
+
 def segment_folder(
     segmenter: Any,
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -435,8 +503,6 @@ def segment_folder(
     Raises:
         VmunetUserError: an input does not exist, or ``output_dir`` is an input folder.
     """
-    from vmunet.data import read_image, write_image
-
     out_dir = Path(output_dir)
     input_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     for raw in input_list:
@@ -452,83 +518,45 @@ def segment_folder(
     summary = FolderSummary(csv_path=csv_path)
     input_paths = {it.path.resolve() for it in items}
     claimed: dict[Path, Path] = {}
-    norm = dict(segmenter.spec.normalization)
 
     bar = make_bar(total=len(items), desc="segment", unit="file") if progress else None
-    with _bar_logging(bar):
-        for i, item in enumerate(items, 1):
-            t0 = time.perf_counter()
-            outs = _outputs_for(item, out_dir, probabilities, overlay)
-            row: dict[str, Any] = {"file": str(item.path), "output": str(outs["mask"]), "error": ""}
-            try:
-                if not item.supported:
-                    from vmunet.data.io import SUPPORTED_EXTENSIONS
-
-                    raise VmunetUserError(
-                        f"{item.path}: unsupported file type; expected one of "
-                        f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM series folder"
+    try:
+        with _bar_logging(bar):
+            for i, item in enumerate(items, 1):
+                t0 = time.perf_counter()
+                outs = _outputs_for(item, out_dir, probabilities, overlay)
+                row: dict[str, Any] = {"file": str(item.path), "output": str(outs["mask"]), "error": ""}
+                try:
+                    _check_item(item, outs, input_paths, claimed)
+                    existing = None if overwrite else _existing_output(outs)
+                    if existing is not None:
+                        row.update(_existing_row(existing, names))
+                    else:
+                        row.update(
+                            _segment_one(
+                                segmenter, item, outs, probabilities, overlay, bool(progress and bar)
+                            )
+                        )
+                except Exception as exc:  # one bad input never stops the run
+                    msg = (
+                        str(exc)
+                        if isinstance(exc, VmunetUserError)
+                        else f"{item.path}: {type(exc).__name__}: {exc}"
                     )
-                target = outs["mask"].resolve()
-                if target in input_paths or any(p.resolve() in input_paths for p in outs.values()):
-                    raise VmunetUserError(f"{item.path}: its output {target} would overwrite an input")
-                if target in claimed:
-                    raise VmunetUserError(
-                        f"{item.path}: output name {outs['mask'].name} is already used by {claimed[target]}; "
-                        "rename one of them"
+                    row.update(status="failed", error=msg)
+                    logger.error("%s", msg)
+                row["seconds"] = round(time.perf_counter() - t0, 3)
+                summary.rows.append(row)
+                _write_summary(csv_path, summary.rows, names)
+                if bar is not None:
+                    bar.update(1)
+                elif progress and row["status"] != "failed":
+                    logger.info(
+                        "[%d/%d] %s: %s (%.2f s)", i, len(items), item.path, row["status"], row["seconds"]
                     )
-                claimed[target] = item.path
-                existing = None
-                if not overwrite and all(p.exists() for p in outs.values()):
-                    try:
-                        existing = read_image(outs["mask"])
-                    except Exception:  # unreadable leftover: segment again
-                        existing = None
-                if existing is not None:
-                    row.update(
-                        status="skipped",
-                        shape=_fmt_tuple(existing.spatial_shape),
-                        spacing=_fmt_tuple(existing.spacing),
-                    )
-                    labels = np.asarray(existing.array)
-                    if labels.ndim > existing.spatial_ndim:
-                        labels = labels[..., 0]
-                    row.update(_stats(labels.astype(np.int64), existing.spacing, existing.is_volume, names))
-                else:
-                    pred = segmenter.predict(
-                        item.path, return_probabilities=probabilities, progress=bool(progress and bar)
-                    )
-                    img = pred.image
-                    write_image(outs["mask"], pred.labels, like=img)
-                    if probabilities and pred.probabilities is not None:
-                        _save_probabilities(outs["probabilities"], pred.probabilities, img)
-                    if overlay:
-                        _write_overlay(outs["overlay"], pred, norm)
-                    row.update(
-                        status="ok",
-                        shape=_fmt_tuple(img.spatial_shape),
-                        spacing=_fmt_tuple(img.spacing),
-                    )
-                    row.update(_stats(pred.labels, img.spacing, img.is_volume, names))
-                    del pred, img
-            except Exception as exc:  # one bad input never stops the run
-                msg = (
-                    str(exc)
-                    if isinstance(exc, VmunetUserError)
-                    else f"{item.path}: {type(exc).__name__}: {exc}"
-                )
-                row.update(status="failed", error=msg)
-                logger.error("%s", msg)
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            summary.rows.append(row)
-            _write_summary(csv_path, summary.rows, names)
-            if bar is not None:
-                bar.update(1)
-            elif progress and row["status"] != "failed":
-                logger.info(
-                    "[%d/%d] %s: %s (%.2f s)", i, len(items), item.path, row["status"], row["seconds"]
-                )
-    if bar is not None:
-        bar.close()
+    finally:
+        if bar is not None:
+            bar.close()
     if not items:
         _write_summary(csv_path, summary.rows, names)
         logger.warning("no input images found in %s", ", ".join(str(p) for p in input_list))
