@@ -477,15 +477,19 @@ def compute_per_class(
         lab = _as_labelmap(label, "label")
         _check_shapes(p, lab)
         sp = _spacing(spacing, p.ndim)
-        if classes is None:
-            present = set(np.unique(p).tolist()) | set(np.unique(lab).tolist())
-            cls = sorted(int(c) for c in present if c != 0)
+        if classes is None:  # the non-zero values present: one find_objects pass per map, no sort
+            top = int(max(p.max(initial=0), lab.max(initial=0)))
+            found_p = ndi.find_objects(p, max_label=top) if top else []
+            found_l = ndi.find_objects(lab, max_label=top) if top else []
+            cls = [c for c in range(1, top + 1) if found_p[c - 1] is not None or found_l[c - 1] is not None]
+            boxes_p = {c: found_p[c - 1] for c in cls}
+            boxes_l = {c: found_l[c - 1] for c in cls}
         else:
             cls = [int(c) for c in classes]
             if any(c < 0 for c in cls):
                 raise ValueError(f"classes: expected non-negative class values, got {cls}")
-        boxes_p = _labelmap_boxes(p, cls)
-        boxes_l = _labelmap_boxes(lab, cls)
+            boxes_p = _labelmap_boxes(p, cls)
+            boxes_l = _labelmap_boxes(lab, cls)
         rows = []
         for c in cls:
             box = _merge_boxes(boxes_p[c], boxes_l[c])
