@@ -1,28 +1,23 @@
-"""Run a short training in a fresh process (used by the resume and kill tests).
+"""Run a short training of the tiny test net in a fresh process.
 
-usage: python _worker.py OUTPUT_DIR [--resume] [KEY=VALUE ...]
+usage: python _worker.py OUTPUT_DIR [KEY=VALUE ...]
+Under torchrun each rank trains (DDP) and saves its weights to OUTPUT_DIR/../rank<R>.pt.
 """
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny import SquaresDataset  # noqa: E402
+import torch  # noqa: E402
+from tiny import make_trainer  # noqa: E402
 
-from vmunet.config import load_config  # noqa: E402
-from vmunet.train import Trainer  # noqa: E402
-
-out = sys.argv[1]
-resume = "auto" if "--resume" in sys.argv else None
-overrides = [a for a in sys.argv[2:] if "=" in a]
-cfg = load_config(None, ["model.name=tiny:TinyNet", "model.in_channels=1", *overrides])
-classes = max(2, cfg.model.out_channels)
-Trainer(
-    cfg,
-    output_dir=out,
-    resume=resume,
-    device="cpu",
-    train_dataset=SquaresDataset(14, classes=classes, seed=1),
-    val_dataset=SquaresDataset(5, classes=classes, seed=2, augment=False),
-).fit()
+torch.set_num_threads(1)
+out = Path(sys.argv[1])
+rank = int(os.environ.get("RANK", "0"))
+trainer = make_trainer(out if rank == 0 else out.with_name(out.name + f"_rank{rank}"), sys.argv[2:])
+trainer.fit()
+if trainer.dist.enabled:
+    torch.save(trainer.raw_model.state_dict(), out.parent / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()

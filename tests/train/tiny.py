@@ -54,6 +54,36 @@ class SquaresDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         img, lab = self.images[i], self.labels[i]
-        if self.augment and np.random.rand() < 0.5:  # global NumPy RNG, seeded per sample by the trainer
+        # The global NumPy RNG on purpose: the trainer seeds it per sample.
+        if self.augment and np.random.rand() < 0.5:  # noqa: NPY002
             img, lab = img[:, :, ::-1], lab[:, ::-1]
         return {"image": torch.from_numpy(img.copy()), "label": torch.from_numpy(lab.copy())}
+
+
+# Overrides shared by the trainer tests and _worker.py (a fresh process for kill / torchrun runs).
+BASE_OVERRIDES = [
+    "model.name=tiny:TinyNet",
+    "model.in_channels=1",
+    "model.out_channels=3",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "train.epochs=3",
+    "train.val_every=3",
+    "train.log_every_steps=1",
+    "scheduler.t_max=2",
+]
+
+
+def make_trainer(out, overrides=(), resume=None, train_ds=None):
+    from vmunet.config import load_config
+    from vmunet.train import Trainer
+
+    cfg = load_config(None, [*BASE_OVERRIDES, *overrides])
+    return Trainer(
+        cfg,
+        output_dir=out,
+        resume=resume,
+        device="cpu",
+        train_dataset=train_ds if train_ds is not None else SquaresDataset(14, classes=3, seed=1),
+        val_dataset=SquaresDataset(5, classes=3, seed=2, augment=False),
+    )

@@ -240,7 +240,7 @@ class Trainer:
         return {
             "format": "vmunet",
             "vmunet_version": vmunet.__version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "arch": self.arch,
             "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
             "inference": inference_spec(self.cfg),
