@@ -87,3 +87,20 @@ def make_trainer(out, overrides=(), resume=None, train_ds=None):
         train_dataset=train_ds if train_ds is not None else SquaresDataset(14, classes=3, seed=1),
         val_dataset=SquaresDataset(5, classes=3, seed=2, augment=False),
     )
+
+
+class OracleNet(nn.Module):
+    """Predictions we control: binary logit ``x - 127.5`` (foreground where the pixel is > 127.5);
+    with ``out_channels > 1`` the argmax is ``round(x / 100)`` (0..out_channels-1)."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.offset = nn.Parameter(torch.tensor(127.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x[:, :1]
+        if self.out_channels == 1:
+            return v - self.offset
+        centres = torch.arange(self.out_channels, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) * 100
+        return -((v - centres) ** 2)
