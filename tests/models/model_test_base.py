@@ -112,7 +112,20 @@ class ModelTestBase:
         torch.testing.assert_close(exported.module()(x), expected, rtol=1e-5, atol=1e-5)
 
     @pytest.mark.slow
+    def test_torch_compile_graph_capture_matches_eager(self):
+        # dynamo graph capture (fullgraph: no graph breaks) without inductor code generation;
+        # slow only because tracing takes ~45 s on a loaded 2-core machine
+        torch._dynamo.reset()
+        model = self.make(scan_backend="torch").eval()
+        x = torch.randn(1, self.default_in_channels, *self.sizes[0])
+        with torch.no_grad():
+            expected = model(x)
+            got = torch.compile(model, backend="eager", fullgraph=True)(x)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.slow
     def test_torch_compile_matches_eager(self):
+        # inductor (C++ code generation): ~10 minutes on a loaded 2-core machine
         model = self.make(scan_backend="torch").eval()
         x = torch.randn(1, self.default_in_channels, *self.sizes[0])
         with torch.no_grad():

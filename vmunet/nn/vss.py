@@ -166,9 +166,11 @@ class SS2D(nn.Module):
         b, d, h, w = x.shape
         k, length = NUM_SCAN_DIRECTIONS, h * w
         xs = ops.cross_scan_2d(x)  # (B, K, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        # per-direction projections as broadcast matmuls: (K, c, d) @ (B, K, d, L) -> (B, K, c, L),
+        # contiguous, so the float32 views below need no copy
+        x_dbl = torch.matmul(self.x_proj_weight, xs)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dts = torch.matmul(self.dt_projs_weight, dts)
         ys = ops.selective_scan(
             xs.float().reshape(b, k * d, length),
             dts.float().reshape(b, k * d, length),

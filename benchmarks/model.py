@@ -1,0 +1,162 @@
+"""VM-UNet on the CPU: forward and forward+backward time and peak memory, per scan backend.
+
+Runs ``vmunet_small`` (the paper's configuration, 27.4 M parameters) on 256x256 inputs at
+batch 1 and 8 with every CPU scan backend, each configuration in a fresh subprocess (so peak
+memory is that configuration's own), and prints the speed-up over the sequential
+``reference`` backend measured in the same run. A 1024x1024 matmul rate is printed before and
+after as a gauge of how loaded the machine was.
+
+Peak memory is the growth of the process's peak resident set (``ru_maxrss``) from just
+before the first pass to after it: the activations (and, for training, gradients) of one
+pass plus any first-call compilation, above the weights.
+
+Usage:
+    python benchmarks/model.py                          # defaults: 2 threads, batch 1 and 8
+    python benchmarks/model.py --batches 1 --backends cpu torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _gflops(threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(1024, 1024)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    return 10 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    import vmunet
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = vmunet.create_model(args.model, drop_path_rate=0.0, scan_backend=args.backend)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    train = args.mode == "fwd+bwd"
+    model.train(train)
+
+    def one_pass() -> None:
+        if train:
+            model(x).mean().backward()
+            for p in model.parameters():
+                p.grad = None
+        else:
+            with torch.inference_mode():
+                model(x)
+
+    before = _rss_mb()
+    t0 = time.perf_counter()
+    one_pass()
+    first = time.perf_counter() - t0
+    peak = _rss_mb()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        one_pass()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"first_s": first, "times_s": times, "peak_mb": peak - before, "rss_mb": peak}))
+
+
+def run_child(args: argparse.Namespace, backend: str, batch: int, mode: str, repeats: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--model", args.model,
+        "--size", str(args.size),
+        "--threads", str(args.threads),
+        "--backend", backend,
+        "--batch", str(batch),
+        "--mode", mode,
+        "--repeats", str(repeats),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "NUMBA_NUM_THREADS": str(args.threads)}
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=args.child_timeout, env=env, check=True
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"> {args.child_timeout:.0f} s"}
+    except subprocess.CalledProcessError as exc:
+        return {"skipped": f"failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc}"}
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["time_s"] = statistics.median(res["times_s"]) if res["times_s"] else res["first_s"]
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vmunet_small")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--backends", nargs="+", default=["cpu", "torch", "reference"])
+    p.add_argument("--repeats", type=int, default=3, help="timed passes after the first (fast backends)")
+    p.add_argument("--child-timeout", type=float, default=420.0, help="seconds before a run is skipped")
+    p.add_argument(
+        "--reference-max-batch", type=int, default=1, help="largest batch run with the reference backend"
+    )
+    # worker-only arguments
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    print(f"{args.model} at {args.size}x{args.size}, {args.threads} threads; {os.cpu_count()} cores seen")
+    print(f"machine gauge before: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
+    rows = []
+    for batch in args.batches:
+        for mode in ("fwd", "fwd+bwd"):
+            results = {}
+            for backend in args.backends:
+                if backend == "reference" and batch > args.reference_max_batch:
+                    results[backend] = {"skipped": f"batch > {args.reference_max_batch} (minutes per pass)"}
+                    continue
+                repeats = 0 if backend == "reference" else args.repeats
+                results[backend] = run_child(args, backend, batch, mode, repeats)
+                r = results[backend]
+                print(f"  batch {batch} {mode:7s} {backend:9s} ", json.dumps(r), flush=True)
+            ref = results.get("reference", {}).get("time_s")
+            for backend, r in results.items():
+                rows.append((batch, mode, backend, r, ref))
+    print(f"machine gauge after: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
+    print()
+    print("| batch | pass | backend | time / pass (s) | first pass (s) | peak memory (MB) | vs reference |")
+    print("|---:|---|---|---:|---:|---:|---:|")
+    for batch, mode, backend, r, ref in rows:
+        if "skipped" in r:
+            print(f"| {batch} | {mode} | {backend} | skipped: {r['skipped']} | | | |")
+            continue
+        ratio = f"{ref / r['time_s']:.1f}x" if ref else "n/a"
+        print(
+            f"| {batch} | {mode} | {backend} | {r['time_s']:.3f} | {r['first_s']:.3f} | "
+            f"{r['peak_mb']:.0f} | {ratio} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
