@@ -175,6 +175,17 @@ def test_unknown_keys_are_skipped_not_matched():
         load_checkpoint(model, sd, strict=True)
 
 
+def test_newer_vmamba_layout_is_named_not_mistaken_for_depth():
+    # VMamba v2+ names its block parts norm / op / mlp: block 0 exists in our model, the name does not
+    sd = {
+        "layers.0.blocks.0.op.in_proj.weight": torch.zeros(64, 16),
+        "layers.0.blocks.0.norm.weight": torch.ones(16),
+    }
+    report = load_checkpoint(_tiny(), {"model": sd})
+    assert all("VMamba v2+ block layout" in why for why in report.skipped.values())
+    assert len(report.skipped) == 4 and not report.loaded  # each also as its mirrored decoder copy
+
+
 def test_own_checkpoint_round_trip(tmp_path):
     torch.manual_seed(1)
     model = _tiny(in_channels=1, out_channels=3).eval()

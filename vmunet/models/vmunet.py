@@ -336,6 +336,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "vmunet.")
 _CLASSIFIER_KEY = re.compile(r"^(norm|head|classifier)\.")
 _ENCODER_STAGE_KEY = re.compile(r"^layers\.(\d+)\.(.*)$")
 _BLOCK_KEY = re.compile(r"^layers(_up)?\.(\d+)\.blocks\.(\d+)\.")
+_NEWER_VMAMBA_KEY = re.compile(r"\.blocks\.\d+\.(op|mlp|norm2?)\.")
 _STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "model_ema", "state_dict_ema")
 
 
@@ -404,6 +405,25 @@ def _adapt_patch_embed(key: str, value: torch.Tensor, target: torch.Tensor) -> t
     return None
 
 
+def _why_no_target(key: str, target: dict[str, torch.Tensor]) -> str:
+    m = _BLOCK_KEY.match(key)
+    if m:
+        stage_prefix = f"layers{m.group(1) or ''}.{m.group(2)}.blocks."
+        blocks = {int(k[len(stage_prefix) :].split(".", 1)[0]) for k in target if k.startswith(stage_prefix)}
+        if blocks and int(m.group(3)) > max(blocks):
+            where = "decoder" if m.group(1) else "encoder"
+            return (
+                f"the model's {where} stage {m.group(2)} has no block {m.group(3)} "
+                "(the checkpoint is deeper there)"
+            )
+    if _NEWER_VMAMBA_KEY.search(key):
+        return (
+            "no parameter of this name in the model (a VMamba v2+ block layout, norm/op/mlp; "
+            "VM-UNet uses the v0 layout ln_1/self_attention, e.g. vmamba_small_e238_ema.pth)"
+        )
+    return "no parameter of this name in the model"
+
+
 def checkpoint_filter_fn(
     state_dict: dict[str, Any],
     model: nn.Module,
@@ -446,15 +466,7 @@ def checkpoint_filter_fn(
             skipped[key] = f"not a tensor ({type(value).__name__})"
             continue
         if key not in target:
-            m = _BLOCK_KEY.match(key)
-            if m:
-                where = "decoder" if m.group(1) else "encoder"
-                skipped[key] = (
-                    f"the model's {where} stage {m.group(2)} has no block {m.group(3)} "
-                    "(the checkpoint is deeper there)"
-                )
-            else:
-                skipped[key] = "no parameter of this name in the model"
+            skipped[key] = _why_no_target(key, target)
             continue
         want = target[key]
         if value.shape != want.shape:
