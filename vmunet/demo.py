@@ -53,13 +53,14 @@ __all__ = ["DemoSummary", "QUICK_OVERRIDES", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-#: Config overrides of ``quick=True``: one short epoch at 64x64, enough to exercise every step.
+#: Config overrides of ``quick=True``: two steps at 32x32, enough to exercise every step.
 QUICK_OVERRIDES: tuple[str, ...] = (
     "train.epochs=1",
     "train.max_steps_per_epoch=2",
     "data.batch_size=4",
-    "data.size=[64, 64]",
+    "data.size=[32, 32]",
     "scheduler.t_max=1",
+    "train.val_images=2",
 )
 
 
@@ -198,7 +199,7 @@ def run_demo(
             demo data inside it is reused when it is already there; the run is redone.
         epochs: training epochs (default: the ``demo`` recipe's ``train.epochs``).
         quick: a one-step-per-phase version for tests and smoke checks (:data:`QUICK_OVERRIDES`:
-            one epoch of two steps at 64x64); the numbers it prints mean nothing.
+            one epoch of two steps at 32x32); the numbers it prints mean nothing.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         overrides: extra ``KEY=VALUE`` config overrides, applied last (e.g. ``["train.seed=1"]``).
         progress: show progress bars / per-file lines while segmenting.

@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo recipe's, 8)")
     p.add_argument(
-        "--quick", action="store_true", help="one short epoch at 64x64: a smoke check, not a result"
+        "--quick", action="store_true", help="two training steps at 32x32: a smoke check, not a result"
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (default: auto)"
