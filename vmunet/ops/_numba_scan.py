@@ -37,6 +37,7 @@ from numba.extending import intrinsic
 __all__ = ["scan_forward", "scan_backward", "LANES"]
 
 LANES = 64
+TILE = 32  # time steps per tile: the backward's (TILE, N, LANES) buffers stay in L2
 _FM_FWD = {"contract"}
 _FM_BWD = {"contract", "reassoc"}
 
@@ -69,59 +70,153 @@ def _exp(x):
     return p * _bits_to_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
 
 
-@njit(fastmath=_FM_FWD, error_model="numpy", cache=True)
-def _load_block(u, dt, A, bi, c0, W, ub, dtb, xb, Ab):
-    L = u.shape[2]
-    N = A.shape[1]
+# Every helper below that takes scratch buffers is compiled with ``noalias=True``: its array
+# arguments never overlap (each buffer is its own allocation; the global inputs are only read), so
+# LLVM vectorises the lane loops without runtime overlap checks (too many of those made it give up).
+_KW = dict(error_model="numpy", cache=True)
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _load_tile(u, dt, dy, bi, c0, W, t0, T, ut, dtt, xt, dyt, want_u, want_dy):
+    """Copy time steps [t0, t0 + T) of one block into (T, W) tiles, lanes innermost."""
     for w in range(W):
-        for t in range(L):
-            v = dt[bi, c0 + w, t]
-            x = u[bi, c0 + w, t]
-            ub[t * W + w] = x
-            dtb[t * W + w] = v
-            xb[t * W + w] = v * x
-        for n in range(N):
-            Ab[n * W + w] = A[c0 + w, n]
+        for t in range(T):
+            v = dt[bi, c0 + w, t0 + t]
+            x = u[bi, c0 + w, t0 + t]
+            dtt[t * W + w] = v
+            xt[t * W + w] = v * x
+            if want_u:
+                ut[t * W + w] = x
+            if want_dy:
+                dyt[t * W + w] = dy[bi, c0 + w, t0 + t]
 
 
-@njit(fastmath=_FM_FWD, error_model="numpy", cache=True)
-def _forward_block(Bt, Ct, bi, c0, W, L, N, d, dtb, xb, Ab, h, acc, y, hs, keep):
-    """Run the recurrence for one block; writes y (b, d, L); keeps states in hs when keep."""
-    gB = c0 // (d // Bt.shape[1])
-    gC = c0 // (d // Ct.shape[1])
-    bB = bi if Bt.shape[0] > 1 else 0
-    bC = bi if Ct.shape[0] > 1 else 0
+@njit(fastmath=_FM_FWD, **_KW)
+def _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, want_y):
+    """Advance the state h (N, W) over one tile; yt (T, W) gets C . h when want_y."""
     varB = Bt.shape[2] > 1
     varC = Ct.shape[2] > 1
-    NW = N * W
-    for k in range(NW):
-        h[k] = 0.0
-        if keep:
-            hs[k] = 0.0
-    for t in range(L):
-        tb = t if varB else 0
-        tc = t if varC else 0
+    for t in range(T):
+        tb = t0 + t if varB else 0
+        tc = t0 + t if varC else 0
         ot = t * W
-        for w in range(W):
-            acc[w] = 0.0
+        if want_y:
+            for w in range(W):
+                yt[ot + w] = 0.0
+        for n in range(N):
+            bn = Bt[bB, gB, tb, n]
+            o = n * W
+            if want_y:
+                cn = Ct[bC, gC, tc, n]
+                for w in range(W):
+                    hn = _exp(dtt[ot + w] * Ab[o + w]) * h[o + w] + xt[ot + w] * bn
+                    h[o + w] = hn
+                    yt[ot + w] += hn * cn
+            else:
+                for w in range(W):
+                    h[o + w] = _exp(dtt[ot + w] * Ab[o + w]) * h[o + w] + xt[ot + w] * bn
+
+
+# The backward keeps its scratch in three flat arrays with a compile-time lane stride V = LANES, so
+# that every access in a lane loop is "base + constant offset + w": LLVM then proves the loops free of
+# overlap without runtime checks (with one array per quantity it gave up and emitted scalar code).
+V = LANES
+_TT = 6  # per-step rows of the (T, _TT, V) tile: dt, x = dt*u, u, dy, s (-> du), q (-> d dt)
+_ST = 5  # per-state rows of the (N, _ST, V) state: A, h, g, dA, ga
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _load_tile_bwd(u, dt, dy, bi, c0, W, t0, T, TT):
+    for w in range(W):
+        for t in range(T):
+            o = t * _TT * V + w
+            v = dt[bi, c0 + w, t0 + t]
+            x = u[bi, c0 + w, t0 + t]
+            TT[o] = v
+            TT[o + V] = v * x
+            TT[o + 2 * V] = x
+            TT[o + 3 * V] = dy[bi, c0 + w, t0 + t]
+
+
+@njit(fastmath=_FM_BWD, **_KW)
+def _recompute_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dCp):
+    """Forward over one tile from the state h in ST, keeping h[t-1] and exp(dt A) in HA (T, N, 2, V);
+    adds dC[t, n] = sum_w dy[t, w] h[t, n, w] into dCp (L', N)."""
+    varB = Bt.shape[2] > 1
+    varC = Ct.shape[2] > 1
+    for t in range(T):
+        tb = t0 + t if varB else 0
+        tc = t0 + t if varC else 0
+        ot = t * _TT * V
+        for n in range(N):
+            bn = Bt[bB, gB, tb, n]
+            o = n * _ST * V
+            oh = (t * N + n) * 2 * V
+            sC = np.float32(0.0)
+            for w in range(V):
+                a = _exp(TT[ot + w] * ST[o + w])
+                hv = ST[o + V + w]
+                HA[oh + w] = hv
+                HA[oh + V + w] = a
+                hn = a * hv + TT[ot + V + w] * bn
+                ST[o + V + w] = hn
+                sC += TT[ot + 3 * V + w] * hn
+            dCp[tc, n] += sC
+
+
+@njit(fastmath=_FM_BWD, **_KW)
+def _adjoint_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dBp):
+    """Adjoint recurrence backwards over one tile. ST's g rows hold dL/dh[t] * exp(dt A) from step t + 1;
+    on return TT's s rows hold du and q rows d(dt); ST's dA rows and dBp (L', N) accumulate."""
+    varB = Bt.shape[2] > 1
+    varC = Ct.shape[2] > 1
+    for tt in range(T):
+        # t counts down; max() tells LLVM the offsets are >= 0, so numba's negative-index wraparound
+        # folds away and the lane loops stay affine (vectorisable)
+        t = max(T - 1 - tt, 0)
+        tb = t0 + t if varB else 0
+        tc = t0 + t if varC else 0
+        ot = t * _TT * V
+        for w in range(V):
+            TT[ot + 4 * V + w] = 0.0
+            TT[ot + 5 * V + w] = 0.0
         for n in range(N):
             bn = Bt[bB, gB, tb, n]
             cn = Ct[bC, gC, tc, n]
-            o = n * W
-            for w in range(W):
-                hn = _exp(dtb[ot + w] * Ab[o + w]) * h[o + w] + xb[ot + w] * bn
-                h[o + w] = hn
-                acc[w] += hn * cn
-        if keep:
-            off = (t + 1) * NW
-            for k in range(NW):
-                hs[off + k] = h[k]
-        for w in range(W):
-            y[bi, c0 + w, t] = acc[w]
+            o = n * _ST * V
+            oh = (t * N + n) * 2 * V
+            sB = np.float32(0.0)
+            for w in range(V):
+                gg = ST[o + 2 * V + w] + TT[ot + 3 * V + w] * cn  # dL/dh[t, n]
+                a = HA[oh + V + w]
+                ga = gg * HA[oh + w] * a  # dL/d(dt * A)
+                TT[ot + 4 * V + w] += gg * bn  # sum_n dL/dx[t] with x = dt * u
+                TT[ot + 5 * V + w] += ga * ST[o + w]
+                ST[o + 3 * V + w] += ga * TT[ot + w]
+                ST[o + 2 * V + w] = gg * a
+                sB += gg * TT[ot + V + w]
+            dBp[tb, n] += sB
+        for w in range(V):
+            sw = TT[ot + 4 * V + w]
+            TT[ot + 5 * V + w] += sw * TT[ot + 2 * V + w]
+            TT[ot + 4 * V + w] = sw * TT[ot + w]
 
 
-@njit(parallel=True, fastmath=_FM_FWD, error_model="numpy", cache=True)
-def _forward_kernel(u, dt, A, Bt, Ct, y, last, blk_b, blk_c, blk_w):
+@njit(fastmath=_FM_FWD, **_KW)
+def _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T):
+    """y[bi, c0 + w, t0 + t] = yt[t, w] (+ D * u): the (T, W) tile back to the (b, d, L) layout."""
+    for w in range(W):
+        if has_D:
+            dw = D[c0 + w]
+            for t in range(T):
+                y[bi, c0 + w, t0 + t] = yt[t * W + w] + dw * u[bi, c0 + w, t0 + t]
+        else:
+            for t in range(T):
+                y[bi, c0 + w, t0 + t] = yt[t * W + w]
+
+
+@njit(parallel=True, fastmath=_FM_FWD, **_KW)
+def _forward_kernel(u, dt, A, Bt, Ct, D, has_D, y, last, blk_b, blk_c, blk_w):
     d = u.shape[1]
     L = u.shape[2]
     N = A.shape[1]
@@ -129,105 +224,96 @@ def _forward_kernel(u, dt, A, Bt, Ct, y, last, blk_b, blk_c, blk_w):
         bi = blk_b[i]
         c0 = blk_c[i]
         W = blk_w[i]
-        ub = np.empty(L * W, np.float32)
-        dtb = np.empty(L * W, np.float32)
-        xb = np.empty(L * W, np.float32)
+        gB = c0 // (d // Bt.shape[1])
+        gC = c0 // (d // Ct.shape[1])
+        bB = bi if Bt.shape[0] > 1 else 0
+        bC = bi if Ct.shape[0] > 1 else 0
+        TW = TILE * W
+        dtt = np.empty(TW, np.float32)
+        xt = np.empty(TW, np.float32)
+        yt = np.empty(TW, np.float32)
+        dummy = np.empty(1, np.float32)
         Ab = np.empty(N * W, np.float32)
-        h = np.empty(N * W, np.float32)
-        acc = np.empty(W, np.float32)
-        hs = np.empty(1, np.float32)
-        _load_block(u, dt, A, bi, c0, W, ub, dtb, xb, Ab)
-        _forward_block(Bt, Ct, bi, c0, W, L, N, d, dtb, xb, Ab, h, acc, y, hs, False)
+        h = np.zeros(N * W, np.float32)
+        for w in range(W):
+            for n in range(N):
+                Ab[n * W + w] = A[c0 + w, n]
+        for t0 in range(0, L, TILE):
+            T = min(TILE, L - t0)
+            _load_tile(u, dt, u, bi, c0, W, t0, T, dummy, dtt, xt, dummy, False, False)
+            _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, True)
+            _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T)
         for n in range(N):
             for w in range(W):
                 last[bi, c0 + w, n] = h[n * W + w]
 
 
-@njit(fastmath=_FM_BWD, error_model="numpy", cache=True)
-def _backward_block(
-    Bt, Ct, dy, dlast, i, bi, c0, W, L, N, d, ub, dtb, xb, Ab, hs, g, dA_acc, du_acc, ddt_acc, dyb,
-    du, ddt, dA_part, dB_part, dC_part,
-):  # fmt: skip
-    gB = c0 // (d // Bt.shape[1])
-    gC = c0 // (d // Ct.shape[1])
-    bB = bi if Bt.shape[0] > 1 else 0
-    bC = bi if Ct.shape[0] > 1 else 0
-    varB = Bt.shape[2] > 1
-    varC = Ct.shape[2] > 1
-    NW = N * W
-    for w in range(W):
-        for t in range(L):
-            dyb[t * W + w] = dy[bi, c0 + w, t]
-        for n in range(N):
-            g[n * W + w] = dlast[bi, c0 + w, n]
-    for k in range(NW):
-        dA_acc[k] = 0.0
-    for t in range(L - 1, -1, -1):
-        tb = t if varB else 0
-        tc = t if varC else 0
-        ot = t * W
-        for w in range(W):
-            du_acc[w] = 0.0
-            ddt_acc[w] = 0.0
-        hcur_off = (t + 1) * NW
-        hprev_off = t * NW
-        for n in range(N):
-            bn = Bt[bB, gB, tb, n]
-            cn = Ct[bC, gC, tc, n]
-            o = n * W
-            sB = np.float32(0.0)
-            sC = np.float32(0.0)
-            for w in range(W):
-                dyw = dyb[ot + w]
-                dtw = dtb[ot + w]
-                gg = g[o + w] + dyw * cn  # dL/dh[t]
-                a = _exp(dtw * Ab[o + w])
-                sC += dyw * hs[hcur_off + o + w]
-                sB += gg * xb[ot + w]
-                du_acc[w] += gg * dtw * bn
-                ga = gg * hs[hprev_off + o + w] * a  # dL/d(dt * A)
-                ddt_acc[w] += gg * ub[ot + w] * bn + ga * Ab[o + w]
-                dA_acc[o + w] += ga * dtw
-                g[o + w] = gg * a
-            dB_part[i, tb, n] += sB
-            dC_part[i, tc, n] += sC
-        for w in range(W):
-            du[bi, c0 + w, t] = du_acc[w]
-            ddt[bi, c0 + w, t] = ddt_acc[w]
-    for n in range(N):
-        for w in range(W):
-            dA_part[bi, c0 + w, n] = dA_acc[n * W + w]
-
-
-@njit(parallel=True, fastmath=_FM_BWD, error_model="numpy", cache=True)
+@njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _backward_kernel(
-    u, dt, A, Bt, Ct, dy, dlast, y, du, ddt, dA_part, dB_part, dC_part, blk_b, blk_c, blk_w
+    u, dt, A, Bt, Ct, D, has_D, dy, dlast, y, du, ddt, dA_part, dB_part, dC_part, dD_part,
+    blk_b, blk_c, blk_w, want_y,
 ):  # fmt: skip
     d = u.shape[1]
     L = u.shape[2]
     N = A.shape[1]
+    ntile = (L + TILE - 1) // TILE
     for i in prange(blk_b.shape[0]):
         bi = blk_b[i]
         c0 = blk_c[i]
         W = blk_w[i]
-        ub = np.empty(L * W, np.float32)
-        dtb = np.empty(L * W, np.float32)
-        xb = np.empty(L * W, np.float32)
-        Ab = np.empty(N * W, np.float32)
-        h = np.empty(N * W, np.float32)
-        acc = np.empty(W, np.float32)
-        hs = np.empty((L + 1) * N * W, np.float32)
-        _load_block(u, dt, A, bi, c0, W, ub, dtb, xb, Ab)
-        _forward_block(Bt, Ct, bi, c0, W, L, N, d, dtb, xb, Ab, h, acc, y, hs, True)
-        g = np.empty(N * W, np.float32)
-        dA_acc = np.empty(N * W, np.float32)
-        du_acc = np.empty(W, np.float32)
-        ddt_acc = np.empty(W, np.float32)
-        dyb = np.empty(L * W, np.float32)
-        _backward_block(
-            Bt, Ct, dy, dlast, i, bi, c0, W, L, N, d, ub, dtb, xb, Ab, hs, g, dA_acc, du_acc, ddt_acc,
-            dyb, du, ddt, dA_part, dB_part, dC_part,
-        )  # fmt: skip
+        gB = c0 // (d // Bt.shape[1])
+        gC = c0 // (d // Ct.shape[1])
+        bB = bi if Bt.shape[0] > 1 else 0
+        bC = bi if Ct.shape[0] > 1 else 0
+        NW = N * W
+        TW = TILE * W
+        dtt = np.empty(TW, np.float32)
+        xt = np.empty(TW, np.float32)
+        yt = np.empty(TW, np.float32)
+        dummy = np.empty(1, np.float32)
+        Ab = np.empty(NW, np.float32)
+        h = np.zeros(NW, np.float32)
+        ck = np.empty(ntile * NW, np.float32)  # state before each tile (checkpoints)
+        TT = np.zeros(TILE * _TT * V, np.float32)  # padding lanes w >= W stay zero: inert
+        ST = np.zeros(N * _ST * V, np.float32)
+        HA = np.empty(TILE * N * 2 * V, np.float32)
+        for w in range(W):
+            for n in range(N):
+                Ab[n * W + w] = A[c0 + w, n]
+                ST[n * _ST * V + w] = A[c0 + w, n]
+                ST[(n * _ST + 2) * V + w] = dlast[bi, c0 + w, n]
+        # pass 1: forward, keeping one state per tile (and y when the caller needs it)
+        for k in range(ntile):
+            t0 = k * TILE
+            T = min(TILE, L - t0)
+            ck[k * NW : (k + 1) * NW] = h
+            _load_tile(u, dt, u, bi, c0, W, t0, T, dummy, dtt, xt, dummy, False, False)
+            _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, want_y)
+            if want_y:
+                _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T)
+        # pass 2: tiles in reverse; recompute the tile's states from its checkpoint, then the adjoint
+        for k in range(ntile - 1, -1, -1):
+            t0 = k * TILE
+            T = min(TILE, L - t0)
+            for n in range(N):
+                for w in range(W):
+                    ST[(n * _ST + 1) * V + w] = ck[k * NW + n * W + w]
+            _load_tile_bwd(u, dt, dy, bi, c0, W, t0, T, TT)
+            _recompute_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dC_part[i])
+            _adjoint_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dB_part[i])
+            for w in range(W):
+                dw = D[c0 + w] if has_D else np.float32(0.0)
+                sD = np.float32(0.0)
+                for t in range(T):
+                    o = t * _TT * V + w
+                    dyw = TT[o + 3 * V]
+                    du[bi, c0 + w, t0 + t] = TT[o + 4 * V] + dyw * dw
+                    ddt[bi, c0 + w, t0 + t] = TT[o + 5 * V]
+                    sD += dyw * TT[o + 2 * V]
+                dD_part[bi, c0 + w] += sD
+        for n in range(N):
+            for w in range(W):
+                dA_part[bi, c0 + w, n] = ST[(n * _ST + 3) * V + w]
 
 
 # --------------------------------------------------------------------------------------- wrappers
@@ -272,9 +358,10 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
     y = torch.empty_like(u)
     last = u.new_empty(b, d, N)
     blocks = _blocks(b, d, B.shape[1], C.shape[1])
-    _forward_kernel(_np(u), _np(dt), _np(A), _np(Bt), _np(Ct), y.numpy(), last.numpy(), *blocks)
-    if D is not None:
-        y.add_(u * D[:, None])
+    Dn = _np(D) if D is not None else np.zeros(1, np.float32)
+    _forward_kernel(
+        _np(u), _np(dt), _np(A), _np(Bt), _np(Ct), Dn, D is not None, y.numpy(), last.numpy(), *blocks
+    )  # fmt: skip
     if z is not None:
         y.mul_(F.silu(z))
     return y, last
@@ -307,25 +394,24 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dla
     Ct = C.transpose(2, 3).contiguous()
     blk_b, blk_c, blk_w = _blocks(b, d, B.shape[1], C.shape[1])
     nblk = blk_b.shape[0]
-    y = torch.empty_like(u)
+    y = torch.empty_like(u) if z is not None else u.new_empty(1, 1, 1)  # y only feeds dz
     du = torch.empty_like(u)
     ddt = torch.empty_like(u)
     dA_part = u.new_empty(b, d, N)
     dB_part = u.new_zeros(nblk, B.shape[3], N)
     dC_part = u.new_zeros(nblk, C.shape[3], N)
+    dD_part = u.new_zeros(b, d)
+    Dn = _np(D) if D is not None else np.zeros(1, np.float32)
     _backward_kernel(
-        _np(u), _np(dt), _np(A), _np(Bt), _np(Ct), _np(dy), _np(dlast), y.numpy(), du.numpy(),
-        ddt.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(), blk_b, blk_c, blk_w,
+        _np(u), _np(dt), _np(A), _np(Bt), _np(Ct), Dn, D is not None, _np(dy), _np(dlast), y.numpy(),
+        du.numpy(), ddt.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(), dD_part.numpy(),
+        blk_b, blk_c, blk_w, z is not None,
     )  # fmt: skip
+    dD = dD_part.sum(0) if D is not None else None
     dz = None
-    dD = None
-    if D is not None:
-        dD = (dy * u).sum((0, 2))
-        du.add_(dy * D[:, None])
-    if z is not None:
-        y_full = y + u * D[:, None] if D is not None else y
-        dz = dout * y_full * sig * (1 + z * (1 - sig))
-    ddelta = ddt * torch.sigmoid(pre) if softplus else ddt
+    if z is not None:  # y already includes D * u
+        dz = dout * y * sig * (1 + z * (1 - sig))
+    ddelta = ddt.mul_(torch.sigmoid(pre)) if softplus else ddt
     dbias = ddelta.sum((0, 2)) if delta_bias is not None else None
     dA = dA_part.sum(0)
     dB = _reduce_parts(dB_part, B, blk_b, blk_c, d)
