@@ -8,8 +8,10 @@ Each (backend, shape, mode) runs in a fresh subprocess so that peak memory can b
 process's peak resident set size: peak = ru_maxrss after the measured call minus the RSS just
 before it (inputs already allocated, kernels already loaded by a tiny warm-up call). Times are the
 best of --repeat calls (wall clock, time.perf_counter) with torch and numba limited to --threads
-threads. "fwd" runs under torch.no_grad(); "fwd+bwd" runs forward and backward with every input
-requiring grad. Ratios are reference time / backend time, measured in the same run.
+threads; "cpu s" is the best process CPU time (time.process_time, all threads) of those calls, which
+is less disturbed than wall time by other jobs on a shared machine. "fwd" runs under
+torch.no_grad(); "fwd+bwd" runs forward and backward with every input requiring grad. Ratios
+are reference time / backend time, measured in the same run.
 
 Usage:
     python benchmarks/selective_scan.py [--threads 2] [--repeat 3] [--stages 1,2,3,4]
@@ -75,18 +77,19 @@ def worker(backend: str, stage: int, mode: str, repeat: int, threads: int) -> di
     ts = inputs(dim, L, grad)
     proc = psutil.Process()
     rss0 = proc.memory_info().rss
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     call(ts, grad)
-    times = [time.perf_counter() - t0]
+    times, cpus = [time.perf_counter() - t0], [time.process_time() - c0]
     peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)
     for _ in range(repeat - 1):
         if grad:
             for t in ts:
                 t.grad = None
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         call(ts, grad)
         times.append(time.perf_counter() - t0)
-    return {"time": min(times), "times": times, "peak_mib": peak / 2**20}
+        cpus.append(time.process_time() - c0)
+    return {"time": min(times), "times": times, "cpu": min(cpus), "peak_mib": peak / 2**20}
 
 
 def main() -> int:
@@ -113,8 +116,9 @@ def main() -> int:
         f"{os.cpu_count()} cpus  torch {torch.__version__}  threads={args.threads}  best of {args.repeat}"
     )
     print(f"# batch 1, N={N_STATE}, grouped B/C G={GROUPS}, softplus + delta_bias, D, no z; float32")
-    cols = ("stage", "dim", "L", "backend", "mode", "time s", "x ref", "peak MiB")
-    widths = (5, 5, 5, 9, 8, 9, 7, 9)
+    print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    cols = ("stage", "dim", "L", "backend", "mode", "time s", "x ref", "cpu s", "x ref", "peak MiB")
+    widths = (5, 5, 5, 9, 8, 9, 7, 8, 7, 9)
     print(" ".join(f"{c:>{w}}" for c, w in zip(cols, widths)))
     for stage in [int(s) for s in args.stages.split(",")]:
         dim, L = STAGES[stage]
@@ -136,13 +140,15 @@ def main() -> int:
                     print(f"{stage:>5} {dim:>5} {L:>5} {backend:>9} {mode:>8} {r['skipped']}")
                     continue
                 if backend == "reference":
-                    ref_time[mode] = r["time"]
-                ratio = f"{ref_time[mode] / r['time']:.1f}" if mode in ref_time else "n/a"
+                    ref_time[mode] = (r["time"], r["cpu"])
+                ratio = f"{ref_time[mode][0] / r['time']:.1f}" if mode in ref_time else "n/a"
+                cratio = f"{ref_time[mode][1] / r['cpu']:.1f}" if mode in ref_time else "n/a"
                 print(
                     f"{stage:>5} {dim:>5} {L:>5} {backend:>9} {mode:>8} {r['time']:>9.3f} {ratio:>7} "
-                    f"{r['peak_mib']:>9.0f}",
+                    f"{r['cpu']:>8.3f} {cratio:>7} {r['peak_mib']:>9.0f}",
                     flush=True,
                 )
+    print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -1,0 +1,61 @@
+"""The numba "cpu" backend's blocking and tiling edges against the float64 reference.
+
+The kernels split channels into blocks of at most LANES lanes (padding the last lanes of a narrow
+block) and time into tiles of TILE steps (the backward recomputes each tile from a checkpoint).
+These shapes put block and tile boundaries where they can go wrong: several blocks per group, a
+block narrower than LANES, L one past / one short of a tile multiple, batch > 1 with per-batch B/C.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vmunet.ops import available_backends, selective_scan
+from vmunet.ops._reference import selective_scan_reference
+
+pytestmark = pytest.mark.skipif("cpu" not in available_backends(), reason="numba not available")
+
+
+def _grads(backend, ins, weights, dlast_w):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in ins.items() if v is not None}
+    if backend == "ref64":
+        kw = {k: v.double() for k, v in leaves.items()}
+        out, last = selective_scan_reference(**kw, delta_softplus=True)
+    else:
+        out, last = selective_scan(**leaves, delta_softplus=True, return_last_state=True, backend=backend)
+    loss = (out.double() * weights).sum() + (last.double() * dlast_w).sum()
+    loss.backward()
+    return out.detach().double(), last.detach().double(), {k: v.grad.double() for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize(
+    ("b", "G", "per_group", "L"),
+    [(1, 2, 150, 33), (2, 1, 70, 31), (1, 4, 64, 65)],  # 3 blocks/group (50 lanes), 2 blocks, exact LANES
+)
+def test_blocks_and_tiles_match_reference(b, G, per_group, L):
+    from vmunet.ops import _numba_scan
+
+    d, N = G * per_group, 4
+    g = torch.Generator().manual_seed(b * 100 + L)
+    ins = {
+        "u": torch.randn(b, d, L, generator=g),
+        "delta": torch.randn(b, d, L, generator=g) * 0.5,
+        "A": -torch.rand(d, N, generator=g) * 3 - 0.05,
+        "B": torch.randn(b, G, N, L, generator=g),
+        "C": torch.randn(b, G, N, L, generator=g),
+        "D": torch.randn(d, generator=g),
+        "z": torch.randn(b, d, L, generator=g),
+        "delta_bias": torch.randn(d, generator=g) * 0.5,
+    }
+    weights = torch.randn(b, d, L, generator=g, dtype=torch.float64)
+    dlast_w = torch.randn(b, d, N, generator=g, dtype=torch.float64)
+    assert L % _numba_scan.TILE != 0 or L > _numba_scan.TILE
+    out, last, grads = _grads("cpu", ins, weights, dlast_w)
+    out64, last64, grads64 = _grads("ref64", ins, weights, dlast_w)
+    for name, a, e in [("out", out, out64), ("last", last, last64)] + [
+        (k, grads[k], grads64[k]) for k in grads64
+    ]:
+        scale = e.abs().max().clamp_min(1.0)
+        err = (a - e).abs().max()
+        assert err <= 4e-4 * scale, f"{name}: max abs err {err:.3e} (scale {scale:.3e})"
