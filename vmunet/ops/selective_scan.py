@@ -159,13 +159,13 @@ def _scan_backward_op(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_so
     _, bwd = _kernels(backend)
     grads = bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast)
     # optional inputs get an empty placeholder (custom ops cannot return None)
-    return [g if g is not None else u.new_empty(0) for g in grads]
+    return [g if g is not None else u.new_empty((0,)) for g in grads]
 
 
 @_scan_backward_op.register_fake
 def _scan_backward_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     ins = (u, delta, A, B, C, D, z, delta_bias)
-    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in ins]
+    return [torch.empty_like(t) if t is not None else u.new_empty((0,)) for t in ins]
 
 
 def _setup_context(ctx, inputs, output):
