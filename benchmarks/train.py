@@ -130,9 +130,7 @@ def main() -> int:
     print(
         f"vmunet {vmunet.__version__}, torch {torch.__version__}, {name}, threads {torch.get_num_threads()}"
     )
-    print(
-        f"vmunet_small, {args.size}x{args.size}, batch {batch}, {steps} timed steps, {args.warmup} warm-up"
-    )
+    print(f"vmunet_small, {args.size}x{args.size}, batch {batch}, {steps} timed steps, {args.warmup} warm-up")
 
     torch.manual_seed(0)
     model = vmunet.create_model("vmunet_small", in_channels=3, out_channels=1)
