@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from tiny import make_trainer  # noqa: E402
+from _trainkit import make_trainer  # noqa: E402
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import SquaresDataset, TinyNet, make_trainer
+from _trainkit import SquaresDataset, TinyNet, make_trainer
 
 from vmunet.config import load_config
 from vmunet.train import NonFiniteLossError, Trainer, load_training_checkpoint

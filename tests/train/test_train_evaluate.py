@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import OracleNet
+from _trainkit import OracleNet
 
 from vmunet.cli.main import main
 from vmunet.data import write_image
@@ -20,7 +20,10 @@ def _oracle_checkpoint(path: Path, out_channels: int) -> Path:
         path,
         {
             "format": "vmunet",
-            "arch": {"name": "tiny:OracleNet", "kwargs": {"in_channels": 1, "out_channels": out_channels}},
+            "arch": {
+                "name": "_trainkit:OracleNet",
+                "kwargs": {"in_channels": 1, "out_channels": out_channels},
+            },
             "model": OracleNet(1, out_channels).state_dict(),
             "inference": {"out_channels": out_channels, "activation": "sigmoid"},
         },
@@ -37,7 +40,7 @@ def _yaml(tmp_path: Path, root: Path, protocol: str, out_channels: int) -> Path:
     p = tmp_path / "cfg.yaml"
     p.write_text(
         f"""
-model: {{name: "tiny:OracleNet", in_channels: 1, out_channels: {out_channels}}}
+model: {{name: "_trainkit:OracleNet", in_channels: 1, out_channels: {out_channels}}}
 data: {{kind: folder, root: "{root}", size: [16, 16], augmentation: none, normalization: {{kind: none}},
         batch_size: 2, num_workers: 0}}
 eval: {{protocol: {protocol}}}
@@ -128,7 +131,7 @@ def test_synapse_protocol_scores_whole_volumes_slice_by_slice(tmp_path):
     cfg = load_config(
         None,
         [
-            "model.name=tiny:OracleNet",
+            "model.name=_trainkit:OracleNet",
             "model.in_channels=1",
             "model.out_channels=3",
             "data.kind=datalist",

@@ -62,7 +62,7 @@ class SquaresDataset(torch.utils.data.Dataset):
 
 # Overrides shared by the trainer tests and _worker.py (a fresh process for kill / torchrun runs).
 BASE_OVERRIDES = [
-    "model.name=tiny:TinyNet",
+    "model.name=_trainkit:TinyNet",
     "model.in_channels=1",
     "model.out_channels=3",
     "data.batch_size=4",

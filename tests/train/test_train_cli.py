@@ -11,7 +11,7 @@ from vmunet.data import make_synthetic_lesions
 from vmunet.train import load_training_checkpoint
 
 ARGS = [
-    "model.name=tiny:TinyNet",
+    "model.name=_trainkit:TinyNet",
     "model.in_channels=3",
     "model.out_channels=1",
     "model.overrides={}",
