@@ -11,7 +11,7 @@ marker or a marker has no test here. How each block is exercised:
 * Paths that name public downloads or weights (``downloads/...``, ``pretrained/...``)
   are filled with small generated stand-ins in the documented layouts first.
 * Python blocks run with ``exec`` in that folder, after the substitutions listed next
-  to each test (``vmunet_small`` -> ``vmunet_tiny``, ``epochs=8`` -> ``quick=True``).
+  to each test (``vmunet_small`` -> ``vmunet_tiny``, ``quick=True`` added to ``run_demo``).
 * ``make demo`` / ``make test`` are not re-run here (``make test`` is the command that
   runs this file; ``make demo`` is ``vmunet demo`` after the set-up, and ``vmunet demo``
   runs below in quick mode); their block is checked against the Makefile and ``.ci/run``.
@@ -377,9 +377,9 @@ def test_demo_cli_and_outputs(demo_folder):
 
 
 def test_demo_python(demo_folder, monkeypatch, capsys):
-    # epochs=8 -> quick=True: the same calls, two training steps.
+    # quick=True added: the same calls, two training steps.
     monkeypatch.chdir(demo_folder)
-    scope = _exec("demo-python", {"epochs=8": "quick=True"})
+    scope = _exec("demo-python", {'run_demo("demo_output")': 'run_demo("demo_output", quick=True)'})
     assert scope["summary"].epochs == 1
     assert "best validation Dice" in capsys.readouterr().out
 

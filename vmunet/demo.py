@@ -225,9 +225,18 @@ def run_demo(
     t_start = time.perf_counter()
     summary = DemoSummary(output_dir=out)
 
+    # The config first: a bad override fails before any work.
+    data_dir = out / "demo_data"
+    opts = [f"data.datalist={data_dir / 'datalist.json'}", f"data.root={data_dir}", "data.kind=datalist"]
+    if quick:
+        opts += list(QUICK_OVERRIDES)
+    if epochs is not None:
+        opts += [f"train.epochs={epochs}", f"scheduler.t_max={epochs}"]
+    opts += list(overrides)
+    cfg = load_config("demo", opts)
+
     # 1. Data (real MNI152 template slices, offline).
     t0 = time.perf_counter()
-    data_dir = out / "demo_data"
     datalist_path = make_demo_data(data_dir)
     datalist = json.loads(datalist_path.read_text())
     summary.data_dir = data_dir
@@ -238,13 +247,6 @@ def run_demo(
 
     # 2. Train the packaged demo recipe on it.
     t0 = time.perf_counter()
-    opts = [f"data.datalist={datalist_path}", f"data.root={data_dir}", "data.kind=datalist"]
-    if quick:
-        opts += list(QUICK_OVERRIDES)
-    if epochs is not None:
-        opts += [f"train.epochs={epochs}", f"scheduler.t_max={epochs}"]
-    opts += list(overrides)
-    cfg = load_config("demo", opts)
     run_dir = out / "run"
     result = train(cfg, output_dir=run_dir, device=device)
     summary.run_dir = run_dir

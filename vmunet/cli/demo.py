@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--output", "-o", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the demo recipe's, 8)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the demo recipe's train.epochs)")
     p.add_argument(
         "--quick", action="store_true", help="two training steps at 32x32: a smoke check, not a result"
     )
