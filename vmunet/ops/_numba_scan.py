@@ -10,12 +10,19 @@ Design (measured on a 2-core x86_64; see benchmarks/selective_scan.py):
   plain arithmetic plus a bit-cast for 2**k, so it vectorises without SVML. Arguments are clamped to
   [-87, 88]: below, the decay is < 2e-38 instead of a subnormal (harmless); above, it saturates at
   ~1.6e38 instead of inf (only reachable with positive A).
-- The backward kernel reruns the forward recurrence of its block, keeping that block's states
-  ((L + 1) x N x W floats, e.g. 16 MiB at L = 4096, N = 16, W = 64), then runs the adjoint
-  recurrence backwards in time. Gradients of B and C are summed per block into small partial
-  buffers and reduced afterwards (no races); dA is kept per batch element and summed afterwards.
-- delta_bias, softplus, D and z are element-wise on (b, d, L) and handled by PyTorch around the
-  kernels, so the kernels only see one signature (float32, C-contiguous).
+- Time is cut into tiles of ``TILE`` steps. The backward kernel runs the forward recurrence of its
+  block once, keeping only the state before each tile (checkpoints); then, tile by tile backwards
+  in time, it recomputes the tile's states from its checkpoint (keeping h[t-1] and exp(dt A) in a
+  (TILE, N, LANES) buffer that stays in L2) and runs the adjoint recurrence over the tile. Gradients
+  of B and C are summed per block into small partial buffers and reduced afterwards (no races); dA
+  is kept per batch element and summed afterwards.
+- Vectorisation (check with ``inspect_asm``): lane loops must stay affine. Time loops count up (a
+  ``range(T - 1, -1, -1)`` index made numba's negative-index wraparound non-foldable and LLVM
+  emitted scalar code), and the backward's scratch sits in flat arrays with a compile-time lane
+  stride so that no runtime overlap checks are needed.
+- delta_bias, softplus and z are element-wise on (b, d, L) and handled by PyTorch around the
+  kernels; D is folded into the kernels' store loops. The kernels see one signature (float32,
+  C-contiguous).
 - The backward kernel allows reassociation (``fastmath={"reassoc", "contract"}``) so the sums over
   lanes for dB/dC vectorise; the forward kernel only allows fused multiply-add contraction. Neither
   assumes "no NaN/inf" and no approximate library functions are used.
@@ -70,9 +77,6 @@ def _exp(x):
     return p * _bits_to_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
 
 
-# Every helper below that takes scratch buffers is compiled with ``noalias=True``: its array
-# arguments never overlap (each buffer is its own allocation; the global inputs are only read), so
-# LLVM vectorises the lane loops without runtime overlap checks (too many of those made it give up).
 _KW = dict(error_model="numpy", cache=True)
 
 
