@@ -18,10 +18,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# One intra-op thread each for PyTorch and numba: on 2 cores the tiny demo model measured ~5x less
-# CPU time this way than with the default threads (which oversubscribe the cores).
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(VENV)/bin/vmunet demo
+	$(VENV)/bin/vmunet demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import logging
 import os
 from dataclasses import dataclass, field
@@ -213,13 +215,30 @@ def case_name(path: str | os.PathLike[str]) -> str:
     return split_extension(path)[0]
 
 
+@contextlib.contextmanager
+def _keep_locale():
+    """Restore the C locale settings after a call into GDCM.
+
+    SimpleITK's DICOM (GDCM) readers switch the process's LC_CTYPE to "C",
+    which silently turns Python's default text encoding into ASCII for the
+    rest of the process (seen breaking torch.compile's template loading).
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_ALL, saved)
+
+
 def _is_dicom_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
     try:
         import SimpleITK as sitk
 
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+        with _keep_locale():
+            return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
     except Exception:  # pragma: no cover - defensive
         return False
 
@@ -325,7 +344,8 @@ def _read_itk(p: Path, fmt: str) -> ImageData:
         img = _read_dicom_series(p, meta)
         fmt = "dicom"
     else:
-        img = sitk.ReadImage(str(p))
+        with _keep_locale():
+            img = sitk.ReadImage(str(p))
     arr = sitk.GetArrayFromImage(img)
     nd = img.GetDimension()
     ncomp = img.GetNumberOfComponentsPerPixel()
@@ -349,6 +369,11 @@ def _read_itk(p: Path, fmt: str) -> ImageData:
 
 
 def _read_dicom_series(folder: Path, meta: dict[str, Any]):
+    with _keep_locale():
+        return _read_dicom_series_unguarded(folder, meta)
+
+
+def _read_dicom_series_unguarded(folder: Path, meta: dict[str, Any]):
     import SimpleITK as sitk
 
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
