@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from vmunet.cli._common import add_set_argument
+
 __all__ = ["add_parser", "run"]
 
 EPILOG = """examples:
@@ -46,15 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (default: auto)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override values of the demo recipe, e.g. --set train.seed=1",
-    )
+    add_set_argument(p, "override values of the demo recipe, e.g. --set train.seed=1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while segmenting")
     p.set_defaults(func=run)
 

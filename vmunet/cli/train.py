@@ -13,6 +13,8 @@ import argparse
 import json
 import math
 
+from vmunet.cli._common import add_set_argument
+
 __all__ = ["add_parser", "run", "run_test"]
 
 TRAIN_EPILOG = """examples:
@@ -44,15 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML recipe path or packaged recipe name")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config values (YAML scalars), e.g. --set train.epochs=3 optim.lr=1e-4",
-    )
+    add_set_argument(p, "override config values (YAML scalars), e.g. --set train.epochs=3 optim.lr=1e-4")
     p.add_argument("--output", "-o", help="output folder (default: the config's output_dir)")
     p.add_argument(
         "--resume",
@@ -75,15 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("config", help="YAML recipe path or packaged recipe name (data and protocol)")
     t.add_argument("--checkpoint", "-c", required=True, help="a checkpoint written by vmunet train")
     t.add_argument("--split", default=None, help="split to score (default: the config's data.test_split)")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config values, e.g. --set data.root=/data/isic2017",
-    )
+    add_set_argument(t, "override config values, e.g. --set data.root=/data/isic2017")
     t.add_argument("--output", "-o", help="folder for the JSON/CSV results (default: beside the checkpoint)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
     t.set_defaults(func=run_test)

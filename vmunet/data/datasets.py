@@ -726,6 +726,23 @@ def _synapse_split_cases(split: str) -> list[str]:
     raise VmunetUserError(f"Synapse split {split!r} is unknown; expected train, val, test, train_full or all")
 
 
+def find_btcv_root(root: Path) -> Path | None:
+    """The folder holding the raw BTCV ``img/`` and ``label/`` folders under ``root``, if any.
+
+    Accepts the download as unpacked (``Abdomen/RawData/Training``) or any folder on that path.
+    """
+    candidates = (
+        root,
+        root / "Training",
+        root / "RawData" / "Training",
+        root / "Abdomen" / "RawData" / "Training",
+    )
+    for r in candidates:
+        if (r / "img").is_dir():
+            return r
+    return None
+
+
 def find_synapse_volumes(root: str | os.PathLike[str], split: str) -> tuple[str, list[VolumeSource]]:
     """Volumes of a Synapse split; returns (layout, sources).
 
@@ -754,19 +771,7 @@ def find_synapse_volumes(root: str | os.PathLike[str], split: str) -> tuple[str,
                 missing[0], f"{len(missing)} prepared volume(s) missing; run 'vmunet prepare synapse'"
             )
         return "prepared", srcs
-    raw = next(
-        (
-            r
-            for r in (
-                root,
-                root / "Training",
-                root / "RawData" / "Training",
-                root / "Abdomen" / "RawData" / "Training",
-            )
-            if (r / "img").is_dir()
-        ),
-        None,
-    )
+    raw = find_btcv_root(root)
     if raw is not None:
         srcs, problems = [], []
         for c in cases:

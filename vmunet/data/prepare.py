@@ -41,6 +41,7 @@ from vmunet.data.datasets import (
     _isic_images,
     _synapse_case,
     check_binary_mask,
+    find_btcv_root,
 )
 from vmunet.data.io import case_name, read_image
 from vmunet.data.manifests import load_manifest, seeded_split, synapse_label_lut
@@ -287,19 +288,7 @@ def _prepare_synapse(raw: Path, out: Path, check_counts: bool, say) -> Path:
     manifest = load_manifest("synapse")
     cases = sorted(manifest["train"] + manifest["test"])
     problems: list[str] = []
-    base = next(
-        (
-            r
-            for r in (
-                raw,
-                raw / "Training",
-                raw / "RawData" / "Training",
-                raw / "Abdomen" / "RawData" / "Training",
-            )
-            if (r / "img").is_dir()
-        ),
-        None,
-    )
+    base = find_btcv_root(raw)
     if base is not None:
         layout = "raw"
         present = {
