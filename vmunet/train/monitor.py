@@ -238,6 +238,7 @@ def plot_validation_grid(
         path: the PNG to write.
         title: figure title.
     """
+    from matplotlib.collections import LineCollection
     from skimage.measure import find_contours
 
     plt = _pyplot()
@@ -255,8 +256,12 @@ def plot_validation_grid(
                 continue
             for mask, color in ((labels[i] == cls, "lime"), (preds[i] == cls, "red")):
                 # Pad so that a mask touching the border (or filling the image) still gets a contour.
-                for contour in find_contours(np.pad(mask.astype(np.float32), 1), 0.5):
-                    ax.plot(contour[:, 1] - 1, contour[:, 0] - 1, color=color, linewidth=1)
+                # One LineCollection per mask: a noisy early prediction has hundreds of contours,
+                # and one ax.plot call each made a validation plot take seconds.
+                contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5)
+                if contours:
+                    segments = [c[:, ::-1] - 1 for c in contours]  # (row, col) -> (x, y)
+                    ax.add_collection(LineCollection(segments, colors=color, linewidths=1))
     fig.suptitle(f"{title}  (green: truth, red: prediction)".strip())
     fig.tight_layout()
     with atomic_path(path) as tmp:
