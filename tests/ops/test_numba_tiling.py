@@ -29,11 +29,12 @@ def _grads(backend, ins, weights, dlast_w):
     return out.detach().double(), last.detach().double(), {k: v.grad.double() for k, v in leaves.items()}
 
 
+@pytest.mark.parametrize("with_z", [True, False])  # without z the backward starts from the forward's states
 @pytest.mark.parametrize(
     ("b", "G", "per_group", "L"),
     [(1, 2, 150, 33), (2, 1, 70, 31), (1, 4, 64, 65)],  # 3 blocks/group (50 lanes), 2 blocks, exact LANES
 )
-def test_blocks_and_tiles_match_reference(b, G, per_group, L):
+def test_blocks_and_tiles_match_reference(b, G, per_group, L, with_z):
     from vmunet.ops import _numba_scan
 
     d, N = G * per_group, 4
@@ -45,7 +46,7 @@ def test_blocks_and_tiles_match_reference(b, G, per_group, L):
         "B": torch.randn(b, G, N, L, generator=g),
         "C": torch.randn(b, G, N, L, generator=g),
         "D": torch.randn(d, generator=g),
-        "z": torch.randn(b, d, L, generator=g),
+        "z": torch.randn(b, d, L, generator=g) if with_z else None,
         "delta_bias": torch.randn(d, generator=g) * 0.5,
     }
     weights = torch.randn(b, d, L, generator=g, dtype=torch.float64)
@@ -59,3 +60,12 @@ def test_blocks_and_tiles_match_reference(b, G, per_group, L):
         scale = e.abs().max().clamp_min(1.0)
         err = (a - e).abs().max()
         assert err <= 4e-4 * scale, f"{name}: max abs err {err:.3e} (scale {scale:.3e})"
+
+
+def test_saved_states_tile_matches_kernels():
+    import importlib
+
+    from vmunet.ops import _numba_scan
+
+    op_module = importlib.import_module("vmunet.ops.selective_scan")  # the package re-exports the function
+    assert op_module._CPU_TILE == _numba_scan.TILE

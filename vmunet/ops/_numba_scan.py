@@ -10,8 +10,10 @@ Design (measured on a 2-core x86_64; see benchmarks/selective_scan.py):
   plain arithmetic plus a bit-cast for 2**k, so it vectorises without SVML. Arguments are clamped to
   [-87, 88]: below, the decay is < 2e-38 instead of a subnormal (harmless); above, it saturates at
   ~1.6e38 instead of inf (only reachable with positive A).
-- Time is cut into tiles of ``TILE`` steps. The backward kernel runs the forward recurrence of its
-  block once, keeping only the state before each tile (checkpoints); then, tile by tile backwards
+- Time is cut into tiles of ``TILE`` steps. When gradients are needed the forward kernel also saves
+  the state before each tile (checkpoints, (b, d, ceil(L / TILE), N)) and the backward starts from
+  them; without them (or when it needs y, for dz) the backward kernel first runs the forward
+  recurrence of its block, keeping those checkpoints. Then, tile by tile backwards
   in time, it recomputes the tile's states from its checkpoint (keeping h[t-1] and exp(dt A) in a
   (TILE, N, LANES) buffer that stays in L2) and runs the adjoint recurrence over the tile. Gradients
   of B and C are summed per block into small partial buffers and reduced afterwards (no races); dA
@@ -220,7 +222,7 @@ def _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T):
 
 
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
-def _forward_kernel(u, dt, A, Bt, Ct, D, has_D, y, last, blk_b, blk_c, blk_w):
+def _forward_kernel(u, dt, A, Bt, Ct, D, has_D, y, last, ck, want_ck, blk_b, blk_c, blk_w):
     d = u.shape[1]
     L = u.shape[2]
     N = A.shape[1]
@@ -244,6 +246,11 @@ def _forward_kernel(u, dt, A, Bt, Ct, D, has_D, y, last, blk_b, blk_c, blk_w):
                 Ab[n * W + w] = A[c0 + w, n]
         for t0 in range(0, L, TILE):
             T = min(TILE, L - t0)
+            if want_ck:  # the state before each tile, for the backward (saves its forward pass)
+                k = t0 // TILE
+                for w in range(W):
+                    for n in range(N):
+                        ck[bi, c0 + w, k, n] = h[n * W + w]
             _load_tile(u, dt, u, bi, c0, W, t0, T, dummy, dtt, xt, dummy, False, False)
             _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, True)
             _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T)
@@ -255,7 +262,7 @@ def _forward_kernel(u, dt, A, Bt, Ct, D, has_D, y, last, blk_b, blk_c, blk_w):
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _backward_kernel(
     u, dt, A, Bt, Ct, D, has_D, dy, dlast, y, du, ddt, dA_part, dB_part, dC_part, dD_part,
-    blk_b, blk_c, blk_w, want_y,
+    blk_b, blk_c, blk_w, want_y, ckin, has_ck,
 ):  # fmt: skip
     d = u.shape[1]
     L = u.shape[2]
@@ -277,7 +284,7 @@ def _backward_kernel(
         dummy = np.empty(1, np.float32)
         Ab = np.empty(NW, np.float32)
         h = np.zeros(NW, np.float32)
-        ck = np.empty(ntile * NW, np.float32)  # state before each tile (checkpoints)
+        ck = np.empty(0 if has_ck else ntile * NW, np.float32)  # state before each tile (checkpoints)
         TT = np.zeros(TILE * _TT * V, np.float32)  # padding lanes w >= W stay zero: inert
         ST = np.zeros(N * _ST * V, np.float32)
         HA = np.empty(TILE * N * 2 * V, np.float32)
@@ -286,11 +293,13 @@ def _backward_kernel(
                 Ab[n * W + w] = A[c0 + w, n]
                 ST[n * _ST * V + w] = A[c0 + w, n]
                 ST[(n * _ST + 2) * V + w] = dlast[bi, c0 + w, n]
-        # pass 1: forward, keeping one state per tile (and y when the caller needs it)
-        for k in range(ntile):
+        # pass 1: forward, keeping one state per tile (and y when the caller needs it); skipped when
+        # the forward saved the checkpoints and y is not needed
+        for k in range(ntile if (want_y or not has_ck) else 0):
             t0 = k * TILE
             T = min(TILE, L - t0)
-            ck[k * NW : (k + 1) * NW] = h
+            if not has_ck:
+                ck[k * NW : (k + 1) * NW] = h
             _load_tile(u, dt, u, bi, c0, W, t0, T, dummy, dtt, xt, dummy, False, False)
             _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, want_y)
             if want_y:
@@ -299,9 +308,14 @@ def _backward_kernel(
         for k in range(ntile - 1, -1, -1):
             t0 = k * TILE
             T = min(TILE, L - t0)
-            for n in range(N):
-                for w in range(W):
-                    ST[(n * _ST + 1) * V + w] = ck[k * NW + n * W + w]
+            if has_ck:
+                for n in range(N):
+                    for w in range(W):
+                        ST[(n * _ST + 1) * V + w] = ckin[bi, c0 + w, k, n]
+            else:
+                for n in range(N):
+                    for w in range(W):
+                        ST[(n * _ST + 1) * V + w] = ck[k * NW + n * W + w]
             _load_tile_bwd(u, dt, dy, bi, c0, W, t0, T, TT)
             _recompute_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dC_part[i])
             _adjoint_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dB_part[i])
@@ -351,8 +365,10 @@ def _f32(*ts):
     return [None if t is None else t.detach().to(torch.float32).contiguous() for t in ts]
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
-    """Canonical-layout forward (see vmunet.ops._torch_scan); returns (out, last_state) in float32."""
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool = False):
+    """Canonical-layout forward (see vmunet.ops._torch_scan); returns (out, last_state) in float32, and
+    with ``save_states`` also the state before every tile, (b, d, ceil(L / TILE), N), which
+    ``scan_backward`` takes as ``states`` to skip its own forward pass."""
     u, delta, A, B, C, D, z, delta_bias = _f32(u, delta, A, B, C, D, z, delta_bias)
     b, d, L = u.shape
     N = A.shape[1]
@@ -363,12 +379,14 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
     last = u.new_empty(b, d, N)
     blocks = _blocks(b, d, B.shape[1], C.shape[1])
     Dn = _np(D) if D is not None else np.zeros(1, np.float32)
+    ck = u.new_empty(b, d, -(-L // TILE), N) if save_states else u.new_empty(1, 1, 1, 1)
     _forward_kernel(
-        _np(u), _np(dt), _np(A), _np(Bt), _np(Ct), Dn, D is not None, y.numpy(), last.numpy(), *blocks
+        _np(u), _np(dt), _np(A), _np(Bt), _np(Ct), Dn, D is not None, y.numpy(), last.numpy(),
+        ck.numpy(), save_states, *blocks
     )  # fmt: skip
     if z is not None:
         y.mul_(F.silu(z))
-    return y, last
+    return (y, last, ck) if save_states else (y, last)
 
 
 def _reduce_parts(part: torch.Tensor, like: torch.Tensor, blk_b, blk_c, dim: int) -> torch.Tensor:
@@ -381,8 +399,9 @@ def _reduce_parts(part: torch.Tensor, like: torch.Tensor, blk_b, blk_c, dim: int
     return out.view(bsz, groups, length, n).transpose(2, 3).contiguous()
 
 
-def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dlast):
-    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in float32; None for absent inputs."""
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dlast, states=None):
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in float32; None for absent inputs.
+    ``states``: the tile checkpoints from ``scan_forward(..., save_states=True)``, or None."""
     u, delta, A, B, C, D, z, delta_bias, dout, dlast = _f32(u, delta, A, B, C, D, z, delta_bias, dout, dlast)
     b, d, L = u.shape
     N = A.shape[1]
@@ -406,10 +425,12 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dla
     dC_part = u.new_zeros(nblk, C.shape[3], N)
     dD_part = u.new_zeros(b, d)
     Dn = _np(D) if D is not None else np.zeros(1, np.float32)
+    has_ck = states is not None and states.numel() > 0
+    ck = _np(states.to(torch.float32)) if has_ck else np.zeros((1, 1, 1, 1), np.float32)
     _backward_kernel(
         _np(u), _np(dt), _np(A), _np(Bt), _np(Ct), Dn, D is not None, _np(dy), _np(dlast), y.numpy(),
         du.numpy(), ddt.numpy(), dA_part.numpy(), dB_part.numpy(), dC_part.numpy(), dD_part.numpy(),
-        blk_b, blk_c, blk_w, z is not None,
+        blk_b, blk_c, blk_w, z is not None, ck, has_ck,
     )  # fmt: skip
     dD = dD_part.sum(0) if D is not None else None
     dz = None

@@ -132,60 +132,80 @@ def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
     return out, last
 
 
+# the "cpu" backend's tile length: with save_states its forward also returns the state before every
+# tile, (b, d, ceil(L / _CPU_TILE), N), and its backward starts from those instead of a forward pass
+_CPU_TILE = 32
+
+
+def _n_states(backend: str, save_states: bool, length: int) -> int:
+    return -(-length // _CPU_TILE) if (backend == "cpu" and save_states) else 0
+
+
 @torch.library.custom_op(
     "vmunet::selective_scan",
     mutates_args=(),
     schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
-    "Tensor? delta_bias, bool delta_softplus, str backend) -> (Tensor, Tensor)",
+    "Tensor? delta_bias, bool delta_softplus, str backend, bool save_states=False) "
+    "-> (Tensor, Tensor, Tensor)",
 )
-def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_states=False):
     fwd, _ = _kernels(backend)
+    if _n_states(backend, save_states, u.shape[2]):
+        return fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_states=True)
     out, last = fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return out, last
+    return out, last, u.new_empty((0,))
 
 
 @_scan_op.register_fake
-def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_states=False):
+    k = _n_states(backend, save_states, u.shape[2])
+    states = u.new_empty(u.shape[0], u.shape[1], k, A.shape[1]) if k else u.new_empty((0,))
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1]), states
 
 
 @torch.library.custom_op(
     "vmunet::selective_scan_backward",
     mutates_args=(),
     schema="(Tensor dout, Tensor? dlast, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
-    "Tensor? z, Tensor? delta_bias, bool delta_softplus, str backend) -> Tensor[]",
+    "Tensor? z, Tensor? delta_bias, bool delta_softplus, str backend, Tensor? states=None) -> Tensor[]",
 )
-def _scan_backward_op(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+def _scan_backward_op(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, states=None):
     _, bwd = _kernels(backend)
-    grads = bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast)
+    if states is not None and states.numel() > 0:
+        grads = bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast, states=states)
+    else:
+        grads = bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast)
     # optional inputs get an empty placeholder (custom ops cannot return None)
     return [g if g is not None else u.new_empty((0,)) for g in grads]
 
 
 @_scan_backward_op.register_fake
-def _scan_backward_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+def _scan_backward_fake(
+    dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, states=None
+):
     ins = (u, delta, A, B, C, D, z, delta_bias)
     return [torch.empty_like(t) if t is not None else u.new_empty((0,)) for t in ins]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, *rest = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.mark_non_differentiable(output[2])
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
 
 
-def _backward(ctx, dout, dlast):
-    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+def _backward(ctx, dout, dlast, _dstates):
+    u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
     dout = dout.contiguous() if dout is not None else torch.zeros_like(u)
     if dlast is not None:
         dlast = dlast.contiguous()
     grads = _scan_backward_op(
-        dout, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.backend
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.backend, states
     )
     optional = (None, None, None, None, None, D, z, delta_bias)
     grads = [None if (opt is None and i >= 5) else g for i, (g, opt) in enumerate(zip(grads, optional))]
-    return (*grads, None, None)
+    return (*grads, None, None, None)
 
 
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -282,7 +302,9 @@ def selective_scan(
     def prep(t: Any) -> Any:
         return None if t is None else t.to(f).contiguous()
 
-    out, last = _scan_op(
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, last, _ = _scan_op(
         prep(u),
         prep(delta),
         prep(A),
@@ -293,6 +315,7 @@ def selective_scan(
         prep(delta_bias),
         bool(delta_softplus),
         name,
+        save_states,
     )
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
