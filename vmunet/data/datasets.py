@@ -73,6 +73,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DATASET_KINDS = ("isic2017", "isic2018", "isic", "synapse", "datalist", "nnunet", "folder")
+# The CT intensity window of the TransUNet Synapse preprocessing (Beckschen/TransUNet,
+# datasets/README.md): HU clipped to [-125, 275], then scaled to [0, 1].
+SYNAPSE_HU_WINDOW = (-125, 275)
+SYNAPSE_NORMALIZATION = {"kind": "window", "min": SYNAPSE_HU_WINDOW[0], "max": SYNAPSE_HU_WINDOW[1]}
+
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -1005,7 +1010,7 @@ def build_dataset(
             return _NpzSliceDataset(pairs, transform, norm, channels or 1, "index", 9)
         layout, srcs = find_synapse_volumes(root, split)
         if layout == "raw" and norm is None:
-            norm = {"kind": "window", "min": -125, "max": 275}
+            norm = dict(SYNAPSE_NORMALIZATION)
         mode = "synapse13" if layout == "raw" else "index"
         if volumes or spatial_dims == 3:
             return VolumeDataset(srcs, norm, mode, 9 if mode == "index" else None)
@@ -1083,7 +1088,7 @@ def _build_prepared(
         return PreparedArrayDataset(folder, transform, normalization, channels or 3)
     if kind == "synapse":
         _, srcs = find_synapse_volumes(root, split)
-        default = {"kind": "window", "min": -125, "max": 275} if info.get("intensity") == "hu" else None
+        default = dict(SYNAPSE_NORMALIZATION) if info.get("intensity") == "hu" else None
         norm = normalization or default
         if volumes:
             return VolumeDataset(srcs, norm, "index", 9)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from vmunet.data.datasets import (
+    SYNAPSE_HU_WINDOW,
     _isic_challenge_dirs,
     _isic_images,
     _synapse_case,
@@ -393,7 +394,7 @@ def _read_btcv_case(base: Path, case: str, lut: np.ndarray):
     raw_lab = np.rint(np.asarray(lab.array)).astype(np.int64)
     if raw_lab.min() < 0 or raw_lab.max() > 13:
         raise InputFileError(lab_p, f"BTCV labels must be 0..13, found {raw_lab.min()}..{raw_lab.max()}")
-    image = np.clip(np.rint(img.array), -125, 275).astype(np.int16)
+    image = np.clip(np.rint(img.array), *SYNAPSE_HU_WINDOW).astype(np.int16)
     label = lut[raw_lab].astype(np.uint8)
     return image, label, list(img.spacing), np.asarray(img.affine).tolist()
 
