@@ -133,7 +133,7 @@ def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
 
 
 # the "cpu" backend's tile length: with save_states its forward also returns the state before every
-# tile, (b, d, ceil(L / _CPU_TILE), N), and its backward starts from those instead of a forward pass
+# tile, (b, ceil(L / _CPU_TILE), N, d), and its backward starts from those instead of a forward pass
 _CPU_TILE = 32
 
 
@@ -159,7 +159,7 @@ def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_
 @_scan_op.register_fake
 def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_states=False):
     k = _n_states(backend, save_states, u.shape[2])
-    states = u.new_empty(u.shape[0], u.shape[1], k, A.shape[1]) if k else u.new_empty((0,))
+    states = u.new_empty(u.shape[0], k, A.shape[1], u.shape[1]) if k else u.new_empty((0,))
     return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1]), states
 
 
