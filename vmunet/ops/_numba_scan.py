@@ -131,9 +131,10 @@ _R = 8
 
 
 @njit(fastmath=_FM_FWD, **_KW)
-def _load_tile(u, delta, bias, softplus, bi, c0, W, t0, T, dtt, xt):
+def _load_tile(u, delta, bias, softplus, D, bi, c0, W, t0, T, dtt, xt, yt):
     """Time steps [t0, t0 + T) of one block as (T, W) tiles, lanes innermost: dtt = dt =
-    softplus(delta + bias) (or delta + bias), xt = dt * u."""
+    softplus(delta + bias) (or delta + bias), xt = dt * u, and yt = D * u, the output's skip term,
+    which ``_fwd_tile`` adds C . h to (D: zeros when absent)."""
     W8 = W - W % _R
     for w0 in range(0, W8, _R):
         for t in range(T):
@@ -150,27 +151,28 @@ def _load_tile(u, delta, bias, softplus, bi, c0, W, t0, T, dtt, xt):
         if softplus:
             for w in range(W):
                 v, _ = _softplus_and_grad(dtt[o + w] + bias[c0 + w])
+                x = xt[o + w]
                 dtt[o + w] = v
-                xt[o + w] *= v
+                xt[o + w] = v * x
+                yt[o + w] = D[c0 + w] * x
         else:
             for w in range(W):
                 v = dtt[o + w] + bias[c0 + w]
+                x = xt[o + w]
                 dtt[o + w] = v
-                xt[o + w] *= v
+                xt[o + w] = v * x
+                yt[o + w] = D[c0 + w] * x
 
 
 @njit(fastmath=_FM_FWD, **_KW)
 def _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, want_y):
-    """Advance the state h (N, W) over one tile; yt (T, W) gets C . h when want_y."""
+    """Advance the state h (N, W) over one tile; C . h is added to yt (T, W) when want_y."""
     varB = Bt.shape[2] > 1
     varC = Ct.shape[2] > 1
     for t in range(T):
         tb = t0 + t if varB else 0
         tc = t0 + t if varC else 0
         ot = t * W
-        if want_y:
-            for w in range(W):
-                yt[ot + w] = 0.0
         for n in range(N):
             bn = Bt[bB, gB, tb, n]
             o = n * W
@@ -319,21 +321,17 @@ def _store_grads(du, ddelta, TT, LV, bi, c0, W, t0, T):
 
 
 @njit(fastmath=_FM_FWD, **_KW)
-def _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T):
-    """y[bi, c0 + w, t0 + t] = yt[t, w] (+ D * u): the (T, W) tile back to the (b, d, L) layout."""
+def _store_y(y, yt, bi, c0, W, t0, T):
+    """y[bi, c0 + w, t0 + t] = yt[t, w]: the (T, W) tile back to the (b, d, L) layout."""
     W8 = W - W % _R
     for w0 in range(0, W8, _R):
         for t in range(T):
             o = t * W + w0
             for k in range(_R):
-                v = yt[o + k]
-                if has_D:
-                    v += D[c0 + w0 + k] * u[bi, c0 + w0 + k, t0 + t]
-                y[bi, c0 + w0 + k, t0 + t] = v
+                y[bi, c0 + w0 + k, t0 + t] = yt[o + k]
     for w in range(W8, W):
-        dw = D[c0 + w] if has_D else np.float32(0.0)
         for t in range(T):
-            y[bi, c0 + w, t0 + t] = yt[t * W + w] + dw * u[bi, c0 + w, t0 + t]
+            y[bi, c0 + w, t0 + t] = yt[t * W + w]
 
 
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
@@ -365,9 +363,9 @@ def _forward_kernel(u, delta, bias, softplus, A, Bt, Ct, D, has_D, y, last, ck, 
                 for n in range(N):
                     for w in range(W):
                         ck[bi, k, n, c0 + w] = h[n * W + w]
-            _load_tile(u, delta, bias, softplus, bi, c0, W, t0, T, dtt, xt)
+            _load_tile(u, delta, bias, softplus, D, bi, c0, W, t0, T, dtt, xt, yt)
             _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, True)
-            _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T)
+            _store_y(y, yt, bi, c0, W, t0, T)
         for n in range(N):
             for w in range(W):
                 last[bi, c0 + w, n] = h[n * W + w]
@@ -416,10 +414,10 @@ def _backward_kernel(
             T = min(TILE, L - t0)
             if not has_ck:
                 ck[k * NW : (k + 1) * NW] = h
-            _load_tile(u, delta, bias, softplus, bi, c0, W, t0, T, dtt, xt)
+            _load_tile(u, delta, bias, softplus, D, bi, c0, W, t0, T, dtt, xt, yt)
             _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, W, dtt, xt, Ab, h, yt, want_y)
             if want_y:
-                _store_y(u, D, has_D, y, yt, bi, c0, W, t0, T)
+                _store_y(y, yt, bi, c0, W, t0, T)
         # pass 2: tiles in reverse; recompute the tile's states from its checkpoint, then the adjoint
         for k in range(ntile - 1, -1, -1):
             t0 = k * TILE
@@ -486,7 +484,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
     y = torch.empty_like(u)
     last = u.new_empty(b, d, N)
     blocks = _blocks(b, d, B.shape[1], C.shape[1])
-    Dn = _np(D) if D is not None else np.zeros(1, np.float32)
+    Dn = _np(D) if D is not None else np.zeros(d, np.float32)
     ck = u.new_empty(b, -(-L // TILE), N, d) if save_states else u.new_empty(1, 1, 1, 1)
     _forward_kernel(
         _np(u), _np(delta), _bias(delta_bias, d), bool(softplus), _np(A), _np(Bt), _np(Ct), Dn,
@@ -532,7 +530,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dla
     dC_part = u.new_zeros(nblk, C.shape[3], N)
     dD_part = u.new_zeros(b, d)
     dbias_part = u.new_zeros(b, d)
-    Dn = _np(D) if D is not None else np.zeros(1, np.float32)
+    Dn = _np(D) if D is not None else np.zeros(d, np.float32)
     has_ck = states is not None and states.numel() > 0
     ck = _np(states.to(torch.float32)) if has_ck else np.zeros((1, 1, 1, 1), np.float32)
     _backward_kernel(
