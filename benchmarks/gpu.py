@@ -24,26 +24,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# stage 0 is a tiny shape for dry runs
-STAGES = {0: (32, 128), 1: (768, 4096), 2: (1536, 1024), 3: (3072, 256), 4: (6144, 64)}
-N_STATE = 16
-GROUPS = 4
+from selective_scan import STAGES as _SCAN_STAGES  # noqa: E402  (this script's folder is on sys.path)
+from selective_scan import make_inputs  # noqa: E402
+
+# the scan benchmark's stage shapes, plus stage 0, a tiny shape for dry runs
+STAGES = {0: (32, 128), **_SCAN_STAGES}
 
 
 def _inputs(dim: int, length: int, device, grad: bool, seed: int = 0):
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(1, dim, length, generator=g)
-    delta = torch.randn(1, dim, length, generator=g) * 0.5
-    A = -torch.arange(1, N_STATE + 1, dtype=torch.float32).repeat(dim, 1)
-    B = torch.randn(1, GROUPS, N_STATE, length, generator=g)
-    C = torch.randn(1, GROUPS, N_STATE, length, generator=g)
-    D = torch.ones(dim)
-    dt = torch.rand(dim, generator=g) * 0.099 + 0.001
-    bias = dt + torch.log(-torch.expm1(-dt))
-    ts = [t.to(device) for t in (u, delta, A, B, C, D, bias)]
-    return [t.requires_grad_() for t in ts] if grad else ts
+    return make_inputs(dim, length, grad, torch.Generator().manual_seed(seed), device)
 
 
 def _call(ts, backend: str, grad: bool):

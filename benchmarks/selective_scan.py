@@ -33,6 +33,24 @@ N_STATE = 16
 GROUPS = 4
 
 
+def make_inputs(dim: int, length: int, grad: bool, generator, device="cpu") -> list:
+    """[u, delta, A, B, C, D, delta_bias] at one shape, initialised as VMamba does (A = -(1..N), S4D
+    real; delta_bias = softplus^-1 of dt in [0.001, 0.1]); float32, requiring grad when ``grad``."""
+    import torch
+
+    g = generator
+    u = torch.randn(1, dim, length, generator=g)
+    delta = torch.randn(1, dim, length, generator=g) * 0.5
+    A = -torch.arange(1, N_STATE + 1, dtype=torch.float32).repeat(dim, 1)
+    B = torch.randn(1, GROUPS, N_STATE, length, generator=g)
+    C = torch.randn(1, GROUPS, N_STATE, length, generator=g)
+    D = torch.ones(dim)
+    dt = torch.rand(dim, generator=g) * 0.099 + 0.001
+    bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus, as mamba's dt init
+    ts = [t.to(device) for t in (u, delta, A, B, C, D, bias)]
+    return [t.requires_grad_() for t in ts] if grad else ts
+
+
 def worker(backend: str, stage: int, mode: str, repeat: int, threads: int) -> dict:
     import resource
 
@@ -49,18 +67,6 @@ def worker(backend: str, stage: int, mode: str, repeat: int, threads: int) -> di
     dim, L = STAGES[stage]
     g = torch.Generator().manual_seed(0)
 
-    def inputs(d, length, grad):
-        u = torch.randn(1, d, length, generator=g)
-        delta = torch.randn(1, d, length, generator=g) * 0.5
-        A = -torch.arange(1, N_STATE + 1, dtype=torch.float32).repeat(d, 1)  # S4D-real init, as VMamba
-        B = torch.randn(1, GROUPS, N_STATE, length, generator=g)
-        C = torch.randn(1, GROUPS, N_STATE, length, generator=g)
-        D = torch.ones(d)
-        dt = torch.rand(d, generator=g) * 0.099 + 0.001
-        bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus, as mamba's dt init
-        ts = [u, delta, A, B, C, D, bias]
-        return [t.requires_grad_() for t in ts] if grad else ts
-
     def call(ts, grad):
         u, delta, A, B, C, D, bias = ts
         if grad:
@@ -73,8 +79,8 @@ def worker(backend: str, stage: int, mode: str, repeat: int, threads: int) -> di
     if backend not in available_backends():
         return {"skipped": f"{backend} not available"}
     grad = mode == "fwd+bwd"
-    call(inputs(GROUPS * 8, 16, grad), grad)  # load / compile kernels
-    ts = inputs(dim, L, grad)
+    call(make_inputs(GROUPS * 8, 16, grad, g), grad)  # load / compile kernels
+    ts = make_inputs(dim, L, grad, g)
     proc = psutil.Process()
     rss0 = proc.memory_info().rss
     c0, t0 = time.process_time(), time.perf_counter()
