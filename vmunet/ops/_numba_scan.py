@@ -353,29 +353,46 @@ def _store_y(y, yt, bi, c0, W, t0, T):
             y[bi, c0 + w, t0 + t] = yt[t * V + w]
 
 
+@njit(**_KW)
+def _block(i, blk_b, blk_c, blk_w, d, Bt, Ct):
+    """Block i's batch element, first channel and width, and where its B and C rows are:
+    (bi, c0, W, bB, gB, bC, gC)."""
+    bi = blk_b[i]
+    c0 = blk_c[i]
+    bB = bi if Bt.shape[0] > 1 else 0
+    bC = bi if Ct.shape[0] > 1 else 0
+    return bi, c0, blk_w[i], bB, c0 // (d // Bt.shape[1]), bC, c0 // (d // Ct.shape[1])
+
+
+@njit(**_KW)
+def _fwd_scratch(A, c0, W):
+    """A block's forward scratch: (T, V) tiles dtt, xt, yt; the decays ea (T, N, V); A and the state
+    h as (N, V). Lanes >= W hold zeros and stay zero (inert)."""
+    N = A.shape[1]
+    TV = TILE * V
+    Ab = np.zeros(N * V, np.float32)
+    for w in range(W):
+        for n in range(N):
+            Ab[n * V + w] = A[c0 + w, n]
+    ea = np.empty(TV * N, np.float32)
+    return (
+        np.zeros(TV, np.float32),
+        np.zeros(TV, np.float32),
+        np.zeros(TV, np.float32),
+        ea,
+        Ab,
+        np.zeros(N * V, np.float32),
+    )
+
+
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
 def _forward_kernel(u, delta, bias, softplus, A, Bt, Ct, D, y, last, ck, want_ck, blk_b, blk_c, blk_w):
     d = u.shape[1]
     L = u.shape[2]
     N = A.shape[1]
     for i in prange(blk_b.shape[0]):
-        bi = blk_b[i]
-        c0 = blk_c[i]
-        W = blk_w[i]
-        gB = c0 // (d // Bt.shape[1])
-        gC = c0 // (d // Ct.shape[1])
-        bB = bi if Bt.shape[0] > 1 else 0
-        bC = bi if Ct.shape[0] > 1 else 0
-        TV = TILE * V  # (T, V) tiles, (N, V) states: lanes >= W stay zero (inert)
-        dtt = np.zeros(TV, np.float32)
-        xt = np.zeros(TV, np.float32)
-        yt = np.zeros(TV, np.float32)
-        ea = np.empty(TV * N, np.float32)
-        Ab = np.zeros(N * V, np.float32)
-        h = np.zeros(N * V, np.float32)
-        for w in range(W):
-            for n in range(N):
-                Ab[n * V + w] = A[c0 + w, n]
+        bi, c0, W, bB, gB, bC, gC = _block(i, blk_b, blk_c, blk_w, d, Bt, Ct)
+        dtt, xt, yt, ea, Ab, h = _fwd_scratch(A, c0, W)
         for t0 in range(0, L, TILE):
             T = min(TILE, L - t0)
             if want_ck:  # the state before each tile, for the backward (saves its forward pass)
@@ -401,21 +418,9 @@ def _backward_kernel(
     N = A.shape[1]
     ntile = (L + TILE - 1) // TILE
     for i in prange(blk_b.shape[0]):
-        bi = blk_b[i]
-        c0 = blk_c[i]
-        W = blk_w[i]
-        gB = c0 // (d // Bt.shape[1])
-        gC = c0 // (d // Ct.shape[1])
-        bB = bi if Bt.shape[0] > 1 else 0
-        bC = bi if Ct.shape[0] > 1 else 0
+        bi, c0, W, bB, gB, bC, gC = _block(i, blk_b, blk_c, blk_w, d, Bt, Ct)
         NV = N * V
-        TV = TILE * V
-        dtt = np.zeros(TV, np.float32)
-        xt = np.zeros(TV, np.float32)
-        yt = np.zeros(TV, np.float32)
-        ea = np.empty(TV * N, np.float32)
-        Ab = np.zeros(NV, np.float32)
-        h = np.zeros(NV, np.float32)
+        dtt, xt, yt, ea, Ab, h = _fwd_scratch(A, c0, W)  # for pass 1
         ck = np.empty(0 if has_ck else ntile * NV, np.float32)  # state before each tile (checkpoints)
         TT = np.zeros(TILE * _TT * V, np.float32)  # padding lanes w >= W stay zero: inert
         ST = np.zeros(N * _ST * V, np.float32)
@@ -425,7 +430,6 @@ def _backward_kernel(
             LV[w] = bias[c0 + w]
             LV[V + w] = D[c0 + w]
             for n in range(N):
-                Ab[n * V + w] = A[c0 + w, n]
                 ST[n * _ST * V + w] = A[c0 + w, n]
                 ST[(n * _ST + 2) * V + w] = dlast[bi, c0 + w, n]
         # pass 1: forward, keeping one state per tile (and y when the caller needs it); skipped when
