@@ -24,6 +24,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "VMUNET_SCAN_BACKEND"
+#: time steps per chunk of the "triton" kernels: with saved states the forward also returns the state
+#: before every chunk, (b, ceil(L / TRITON_CHUNK), N, d) (the op's fake implementation needs the count)
+TRITON_CHUNK = 16
 #: every backend name, fastest first
 BACKENDS = ("cuda", "cpu", "torch", "reference")
 
