@@ -3,12 +3,15 @@
 ``selective_scan`` validates and canonicalises its inputs, picks a backend (see
 ``vmunet.ops.resolve_backend``) and runs it. Backends:
 
+- ``"triton"``: Triton forward and backward kernels (``_triton_scan.py``), for CUDA tensors; the
+  automatic choice there. Inputs are read in their own dtype (float32, bfloat16, float16) and
+  computed in float32. Under ``TRITON_INTERPRET=1`` it also runs on CPU tensors (slowly; for tests).
 - ``"cuda"``: mamba-ssm's ``selective_scan_fn`` (CUDA kernel), for CUDA tensors.
 - ``"cpu"``: numba-compiled forward and backward kernels (exact, multi-threaded).
 - ``"torch"``: chunked pure-PyTorch scan with an analytic backward; runs on any device.
 - ``"reference"``: the sequential loop, differentiated by autograd; ground truth for tests.
 
-The "cpu" and "torch" backends run inside the custom ops ``vmunet::selective_scan`` and
+The "triton", "cpu" and "torch" backends run inside the custom ops ``vmunet::selective_scan`` and
 ``vmunet::selective_scan_backward``, so ``torch.compile(fullgraph=True)`` and ``torch.export``
 see a single op. Under compilation every backend goes through the op; in eager mode the
 "cuda" backend calls mamba-ssm directly (keeping its fused backward) and "reference" runs as
@@ -22,7 +25,13 @@ from typing import Any
 import torch
 
 from vmunet.ops import _torch_scan
-from vmunet.ops._backends import mamba_selective_scan_fn, numba_kernels, resolve_backend
+from vmunet.ops._backends import (
+    TRITON_CHUNK,
+    mamba_selective_scan_fn,
+    numba_kernels,
+    resolve_backend,
+    triton_kernels,
+)
 from vmunet.ops._reference import selective_scan_reference
 
 __all__ = ["selective_scan"]
@@ -110,6 +119,11 @@ def _kernels(backend: str):
         if mod is None:  # resolve_backend already checked; this is a safety net
             raise RuntimeError(why)
         return mod.scan_forward, mod.scan_backward
+    if backend == "triton":
+        mod, why = triton_kernels()
+        if mod is None:
+            raise RuntimeError(why)
+        return mod.scan_forward, mod.scan_backward
     if backend == "cuda":
         return _cuda_forward, _torch_scan.scan_backward
     if backend == "reference":
@@ -138,7 +152,19 @@ _CPU_TILE = 32
 
 
 def _n_states(backend: str, save_states: bool, length: int) -> int:
-    return -(-length // _CPU_TILE) if (backend == "cpu" and save_states) else 0
+    if not save_states:
+        return 0
+    if backend == "cpu":
+        return -(-length // _CPU_TILE)
+    if backend == "triton":  # the state before every chunk, (b, ceil(L / TRITON_CHUNK), N, d)
+        return -(-length // TRITON_CHUNK)
+    return 0
+
+
+def _state_dtype(backend: str, u: Tensor) -> torch.dtype:
+    # "triton" reads bfloat16 / float16 inputs as they are and keeps its state in float32; the other
+    # backends see inputs already cast to their compute dtype
+    return torch.float32 if backend == "triton" else u.dtype
 
 
 @torch.library.custom_op(
@@ -159,8 +185,9 @@ def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_
 @_scan_op.register_fake
 def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_states=False):
     k = _n_states(backend, save_states, u.shape[2])
-    states = u.new_empty(u.shape[0], k, A.shape[1], u.shape[1]) if k else u.new_empty((0,))
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1]), states
+    f = _state_dtype(backend, u)
+    states = u.new_empty(u.shape[0], k, A.shape[1], u.shape[1], dtype=f) if k else u.new_empty((0,))
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=f), states
 
 
 @torch.library.custom_op(
@@ -250,7 +277,7 @@ def selective_scan(
         delta_bias: added to delta before softplus, (dim,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state h at t = L - 1, (batch, dim, N).
-        backend: "cuda", "cpu", "torch", "reference", or None / "auto" for automatic choice
+        backend: "triton", "cuda", "cpu", "torch", "reference", or None / "auto" for automatic choice
             (see ``resolve_backend``; env var ``VMUNET_SCAN_BACKEND`` overrides the automatic choice).
 
     Returns:
@@ -298,9 +325,13 @@ def selective_scan(
 
     f = torch.float64 if (u.dtype == torch.float64 and name in ("torch", "reference")) else torch.float32
     dim = u.shape[1]
+    # "triton" reads float32 / bfloat16 / float16 as they are (float64 is cast to float32)
+    keep = (torch.float32, torch.bfloat16, torch.float16) if name == "triton" else ()
 
     def prep(t: Any) -> Any:
-        return None if t is None else t.to(f).contiguous()
+        if t is None:
+            return None
+        return (t if t.dtype in keep else t.to(f)).contiguous()
 
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
