@@ -214,6 +214,10 @@ def test_gpu_cross_scan_matches_torch():
     ref = fwd[:, 0] + fwd[:, 1].reshape(2, 8, 23, 17).transpose(2, 3).reshape(2, 8, -1)
     torch.testing.assert_close(cross_merge_2d(y, 17, 23), ref)
     torch.testing.assert_close(_triton_cross.cross_merge_2d(y, 17, 23), ref)
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    targets = [str(n.target) for n in make_fx(cross_scan_2d)(x).graph.nodes if n.op == "call_function"]
+    assert any("cross_scan_2d_triton" in t for t in targets), targets  # the dispatch took the kernel
 
 
 @pytest.mark.cuda

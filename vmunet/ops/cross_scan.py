@@ -35,6 +35,11 @@ def cross_scan_2d(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 4:
         raise ValueError(f"cross_scan_2d: x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.device.type == "cuda":  # one Triton kernel (vmunet/ops/_triton_cross.py) when triton imports
+        from vmunet.ops._backends import triton_cross_kernels
+
+        if (kernels := triton_cross_kernels()) is not None:
+            return kernels.cross_scan_2d(x)
     b, c, h, w = x.shape
     hw = x.reshape(b, c, h * w)
     wh = x.transpose(2, 3).reshape(b, c, h * w)
@@ -65,6 +70,11 @@ def cross_merge_2d(y: torch.Tensor, H: int, W: int) -> torch.Tensor:
             f"cross_merge_2d: y must be (B, 4, C, H*W) = (B, 4, C, {H * W}) for H={H}, W={W}; "
             f"got shape {tuple(y.shape)}"
         )
+    if y.device.type == "cuda":  # one Triton kernel (vmunet/ops/_triton_cross.py) when triton imports
+        from vmunet.ops._backends import triton_cross_kernels
+
+        if (kernels := triton_cross_kernels()) is not None:
+            return kernels.cross_merge_2d(y, H, W)
     b, _, c, L = y.shape
     fwd = y[:, 0:2] + y[:, 2:4].flip(-1)  # undo the reversal: (B, 2, C, L)
     col = fwd[:, 1].reshape(b, c, W, H).transpose(2, 3).reshape(b, c, L)
