@@ -160,6 +160,51 @@ def test_cuda_backend_uses_the_kernel_check(monkeypatch):
     assert _backends._why_unavailable("cuda", cuda_tensor) is None
 
 
+def _triton_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("triton").split(".")[:2]) if HAS_TRITON else (0,)
+
+
+@pytest.mark.skipif(_triton_version() < (3, 3), reason="needs triton >= 3.3 (ASTSource with named signature)")
+def test_kernels_compile_for_a_hopper_gpu_without_one():
+    """Ahead-of-time compile (Triton -> PTX -> cubin with triton's own ptxas) for sm_90, no GPU needed.
+
+    The interpreter checks what the kernels compute; this checks that Triton's compiler accepts them
+    (loop-carried types, constexpr branches, casts on store), which the interpreter does not."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vmunet.ops import _triton_cross, _triton_scan
+
+    dtype = "*bf16"  # low-precision loads and stores; A, D, delta_bias and the float32 buffers stay *fp32
+    low = {"u_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
+
+    def compile_for_sm90(fn, consts, ptr_types=None):
+        names = fn.arg_names
+        sig = {}
+        for nm in names:
+            if nm in consts:
+                sig[nm] = "constexpr"
+            elif nm.endswith("_ptr"):
+                sig[nm] = (ptr_types or {}).get(nm, dtype if nm in low else "*fp32")
+            else:
+                sig[nm] = "i32"
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+        assert kernel.asm["cubin"], fn
+
+    opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=16, BLOCK_N=16, CHUNK=16)
+    # one B constant in time, C time-varying: both code paths of the B/C loads and gradient sums
+    compile_for_sm90(_triton_scan._fwd_kernel, dict(opts, B_TIME=False, C_TIME=True, SAVE=True))
+    compile_for_sm90(_triton_scan._bwd_kernel, dict(opts, B_TIME=False, C_TIME=True, HAS_DLAST=True))
+    compile_for_sm90(_triton_cross._scan_kernel, dict(BLOCK=256), {"x_ptr": dtype, "out_ptr": dtype})
+    compile_for_sm90(
+        _triton_cross._merge_kernel, dict(BLOCK=256, F64=False), {"y_ptr": dtype, "out_ptr": dtype}
+    )
+
+
 # ----------------------------------------------------------------------------------------- GPU
 GPU_TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (3e-2, 3e-2), torch.float16: (5e-3, 5e-3)}
 STAGES = [(768, 4096), (1536, 1024), (3072, 256), (6144, 64)]  # benchmarks/selective_scan.py
