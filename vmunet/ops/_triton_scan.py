@@ -128,6 +128,15 @@ def _fwd_kernel(
         ).to(tl.float32)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     n_chunks = tl.cdiv(L, CHUNK)
+    # each step's inputs are loaded one step ahead (p_*), so their latency overlaps the step before
+    p_u = tl.load(u_ptr + row, mask=mask_d, other=0.0)
+    p_dt = tl.load(dt_ptr + row, mask=mask_d, other=0.0)
+    if B_TIME:
+        p_B = tl.load(b_row, mask=mask_n, other=0.0)
+    if C_TIME:
+        p_C = tl.load(c_row, mask=mask_n, other=0.0)
+    if HAS_Z:
+        p_z = tl.load(z_ptr + row, mask=mask_d, other=0.0)
     for k in range(0, n_chunks):
         if SAVE:
             st = states_ptr + ((pid_b * n_chunks + k) * N + n[None, :]) * dim + c[:, None]
@@ -135,22 +144,34 @@ def _fwd_kernel(
         t0 = k * CHUNK
         t1 = tl.minimum(t0 + CHUNK, L)
         for t in range(t0, t1):
-            x_u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            x_dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            x_u = p_u.to(tl.float32)
+            x_dt = p_dt.to(tl.float32)
+            if B_TIME:
+                Bt = p_B.to(tl.float32)[None, :]
+            if C_TIME:
+                Ct = p_C.to(tl.float32)[None, :]
+            if HAS_Z:
+                zz = p_z.to(tl.float32)
+            tn = t + 1  # (vector comparisons: the masks must be int1 tensors, also in the interpreter)
+            md = mask_d & (offs * 0 + tn < L)
+            mn = mask_n & (n * 0 + tn < L)
+            p_u = tl.load(u_ptr + row + tn, mask=md, other=0.0)
+            p_dt = tl.load(dt_ptr + row + tn, mask=md, other=0.0)
+            if B_TIME:
+                p_B = tl.load(b_row + tn * sBl, mask=mn, other=0.0)
+            if C_TIME:
+                p_C = tl.load(c_row + tn * sCl, mask=mn, other=0.0)
+            if HAS_Z:
+                p_z = tl.load(z_ptr + row + tn, mask=md, other=0.0)
             if HAS_BIAS:
                 x_dt = x_dt + bias
             if SOFTPLUS:
                 x_dt = _softplus(x_dt)
-            if B_TIME:
-                Bt = tl.load(b_row + t * sBl, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            if C_TIME:
-                Ct = tl.load(c_row + t * sCl, mask=mask_n, other=0.0).to(tl.float32)[None, :]
             h = tl.exp(x_dt[:, None] * A) * h + (x_dt * x_u)[:, None] * Bt
             y = tl.sum(h * Ct, axis=1)
             if HAS_D:
                 y = y + Dv * x_u
             if HAS_Z:
-                zz = tl.load(z_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
                 y = y * zz * _sigmoid(zz)
             tl.store(out_ptr + row + t, y, mask=mask_d)
     tl.store(last_ptr + (pid_b * dim + c[:, None]) * N + n[None, :], h, mask=mask_dn)
@@ -255,42 +276,78 @@ def _bwd_kernel(
         t1 = tl.minimum(t0 + CHUNK, L)
         st = states_ptr + ((pid_b * n_chunks + k) * N + n[None, :]) * dim + c[:, None]
         h = tl.load(st, mask=mask_dn, other=0.0)
-        # recompute the chunk's states, keeping h[t-1] for each step
+        # recompute the chunk's states, keeping h[t-1] for each step (inputs loaded one step ahead)
+        p_u = tl.load(u_ptr + row + t0, mask=mask_d, other=0.0)
+        p_dt = tl.load(dt_ptr + row + t0, mask=mask_d, other=0.0)
+        if B_TIME:
+            p_B = tl.load(b_row + t0 * sBl, mask=mask_n, other=0.0)
         for t in range(t0, t1):
             tl.store(scr + (t - t0) * (BLOCK_N * BLOCK_D), h)
-            x_u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            x_dt = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            x_u = p_u.to(tl.float32)
+            x_dt = p_dt.to(tl.float32)
+            if B_TIME:
+                Bt = p_B.to(tl.float32)[None, :]
+            tn = t + 1
+            md = mask_d & (lane * 0 + tn < t1)
+            p_u = tl.load(u_ptr + row + tn, mask=md, other=0.0)
+            p_dt = tl.load(dt_ptr + row + tn, mask=md, other=0.0)
+            if B_TIME:
+                p_B = tl.load(b_row + tn * sBl, mask=mask_n & (n * 0 + tn < t1), other=0.0)
             if HAS_BIAS:
                 x_dt = x_dt + bias
             if SOFTPLUS:
                 x_dt = _softplus(x_dt)
-            if B_TIME:
-                Bt = tl.load(b_row + t * sBl, mask=mask_n, other=0.0).to(tl.float32)[None, :]
             h = tl.exp(x_dt[:, None] * A) * h + (x_dt * x_u)[:, None] * Bt
-        # walk the chunk backwards: t = t1 - 1, ..., t0
+        # walk the chunk backwards, t = t1 - 1, ..., t0 (inputs loaded one step ahead, at t - 1)
+        tl.debug_barrier()  # the scratch rows written above are read back below
+        t_last = t1 - 1
+        p_hp = tl.load(scr + (t_last - t0) * (BLOCK_N * BLOCK_D))
+        p_u = tl.load(u_ptr + row + t_last, mask=mask_d, other=0.0)
+        p_dt = tl.load(dt_ptr + row + t_last, mask=mask_d, other=0.0)
+        p_dy = tl.load(dout_ptr + row + t_last, mask=mask_d, other=0.0)
+        if B_TIME:
+            p_B = tl.load(b_row + t_last * sBl, mask=mask_n, other=0.0)
+        if C_TIME:
+            p_C = tl.load(c_row + t_last * sCl, mask=mask_n, other=0.0)
+        if HAS_Z:
+            p_z = tl.load(z_ptr + row + t_last, mask=mask_d, other=0.0)
         for i in range(0, t1 - t0):
             t = t1 - 1 - i
-            hp = tl.load(scr + (t - t0) * (BLOCK_N * BLOCK_D))
-            x_u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            pre = tl.load(dt_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+            hp = p_hp
+            x_u = p_u.to(tl.float32)
+            pre = p_dt.to(tl.float32)
+            dy = p_dy.to(tl.float32)
+            if B_TIME:
+                Bt = p_B.to(tl.float32)[None, :]
+            if C_TIME:
+                Ct = p_C.to(tl.float32)[None, :]
+            if HAS_Z:
+                zz = p_z.to(tl.float32)
+            tp = t - 1
+            md = mask_d & (lane * 0 + tp >= t0)
+            mn = mask_n & (n * 0 + tp >= t0)
+            p_hp = tl.load(scr + (tp - t0) * (BLOCK_N * BLOCK_D), mask=md[:, None] & mn[None, :], other=0.0)
+            p_u = tl.load(u_ptr + row + tp, mask=md, other=0.0)
+            p_dt = tl.load(dt_ptr + row + tp, mask=md, other=0.0)
+            p_dy = tl.load(dout_ptr + row + tp, mask=md, other=0.0)
+            if B_TIME:
+                p_B = tl.load(b_row + tp * sBl, mask=mn, other=0.0)
+            if C_TIME:
+                p_C = tl.load(c_row + tp * sCl, mask=mn, other=0.0)
+            if HAS_Z:
+                p_z = tl.load(z_ptr + row + tp, mask=md, other=0.0)
             if HAS_BIAS:
                 pre = pre + bias
             if SOFTPLUS:
                 x_dt = _softplus(pre)
             else:
                 x_dt = pre
-            if B_TIME:
-                Bt = tl.load(b_row + t * sBl, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            if C_TIME:
-                Ct = tl.load(c_row + t * sCl, mask=mask_n, other=0.0).to(tl.float32)[None, :]
             a = tl.exp(x_dt[:, None] * A)
             h = a * hp + (x_dt * x_u)[:, None] * Bt
-            dy = tl.load(dout_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
             if HAS_Z:
                 y = tl.sum(h * Ct, axis=1)
                 if HAS_D:
                     y = y + Dv * x_u
-                zz = tl.load(z_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
                 sig = _sigmoid(zz)
                 tl.store(dz_ptr + row + t, dy * y * sig * (1.0 + zz * (1.0 - sig)), mask=mask_d)
                 dy = dy * zz * sig
@@ -323,6 +380,7 @@ def _bwd_kernel(
                 dbias_acc += ddt
             tl.store(du_ptr + row + t, du, mask=mask_d)
             tl.store(ddt_ptr + row + t, ddt, mask=mask_d)
+        tl.debug_barrier()  # the next chunk overwrites the scratch rows read above
     tl.store(dA_ptr + dn_offs, dA_acc, mask=mask_dn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * dim + c, dD_acc, mask=mask_d)
