@@ -15,7 +15,8 @@ Sections, each printed as it finishes (a failing section prints its error and th
    backward, AdamW step) of ``vmunet_small`` at 256x256 and 224x224, batch 32, channels_last, with
    ``torch.compile`` off and on; images per second over the timed steps and peak memory
    (``torch.cuda.max_memory_allocated`` during them). "first s" is the first step (compilation).
-6. with ``--quick`` (or ``--tests``): the cuda-marked tests, ``pytest -m cuda tests/ops tests/models``.
+With ``--quick`` (or ``--tests``) the cuda-marked tests (``pytest -m cuda tests/ops tests/models``)
+run first; ``--quick`` also skips training configurations that would begin after 300 s.
 
 Times are medians of ``--repeat`` synchronised calls after a warm-up call; peak memory of the scan
 rows is ``torch.cuda.max_memory_allocated`` above the inputs.
@@ -266,6 +267,11 @@ def train_throughput(args, dev, backend) -> None:
     for size in args.train_sizes:
         for compiled in args.compile:
             for channels_last in args.channels_last:
+                spent = time.perf_counter() - args.t_start
+                if args.budget_s and spent > args.budget_s:
+                    state = "on" if compiled else "off"
+                    print(f"# size {size}, compile {state}: skipped ({spent:.0f} s > {args.budget_s:.0f} s)")
+                    continue
                 torch.manual_seed(0)
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
@@ -355,12 +361,14 @@ def _parse(argv=None):
     )
     p.add_argument("--channels-last", nargs="*", default=["on"], choices=["off", "on"])
     p.add_argument("--tests", action="store_true", help="also run the cuda-marked tests (on with --quick)")
+    p.add_argument("--budget-s", type=float, default=0, help="skip training configurations begun after this")
     args = p.parse_args(argv)
     if args.quick:
         args.repeat = min(args.repeat, 3)
         args.model_batches = [8]
         args.train_warmup, args.train_steps = 2, 5
         args.tests = True
+        args.budget_s = args.budget_s or 300
     if args.dry_run:
         args.repeat, args.stages = 2, "0"
         args.model, args.size, args.model_batches = "vmunet_tiny", 64, [1]
@@ -376,7 +384,7 @@ def _parse(argv=None):
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    t_start = time.perf_counter()
+    args.t_start = t_start = time.perf_counter()
 
     import torch
 
@@ -412,6 +420,8 @@ def main(argv=None) -> int:
         for b in backends:
             print(f"# error vs float64 CPU recurrence, {b}: {scan_errors(b, dev)}", flush=True)
 
+    if args.tests:  # first: the correctness checks must not be the part a time limit cuts off
+        _section("cuda-marked tests", cuda_tests, args)
     _section("scan errors", errors)
     _section("selective scan (batch 1, N=16, grouped B/C G=4, softplus + delta_bias, D; float32)", scan_table,
              args, dev, backends)  # fmt: skip
@@ -420,8 +430,6 @@ def main(argv=None) -> int:
         _section("model", model_table, args, dev, fastest)
     if args.train_sizes:
         _section("training throughput", train_throughput, args, dev, fastest)
-    if args.tests:
-        _section("cuda-marked tests", cuda_tests, args)
     print(f"\n# total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 

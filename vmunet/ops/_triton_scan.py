@@ -11,22 +11,26 @@ selective scan's own layout):
 - The state h, (BLOCK_D, N), lives in registers; every step computes ``dt = softplus(delta + bias)``,
   ``exp(dt * A)``, the update and the read-out ``sum_n C h`` in float32, whatever the input dtypes
   (each load is cast to float32; each store casts to its tensor's dtype).
+- Each step's inputs are loaded one step ahead (the loop carries them), so their memory latency
+  overlaps the previous step's arithmetic instead of adding to the recurrence's critical path.
 - Time is cut into chunks of ``CHUNK`` (= ``vmunet.ops._backends.TRITON_CHUNK``) steps. When
   gradients are needed the forward also stores the state before each chunk, (batch, chunks, N, dim).
 - The backward walks the chunks from last to first. For each chunk it recomputes the states from
   the chunk's saved state, keeping h[t-1] for every step in a small per-program scratch buffer
-  (CHUNK x N x BLOCK_D floats, cache-resident), then walks the chunk backwards with an explicit
-  reversed index ``t = t1 - 1 - i``, running the adjoint recurrence ``g[t] = dy[t] C[t] + a[t+1]
-  g[t+1]`` (``tl.associative_scan(reverse=True)`` is not used). dA, dD, d delta_bias and the
-  time-constant dB / dC are summed per program in float32 registers and stored once; a time-varying
-  dB / dC is summed over the program's channels each step and stored per program, then those
-  partial rows are summed over the programs of a group (and the batch where B broadcasts) by torch.
-  No atomics, so results do not depend on scheduling.
+  (CHUNK x N x BLOCK_D floats, cache-resident; a barrier before and after reading it back, as the
+  compiler may lay the tile out differently for the store and the load), then walks the chunk
+  backwards with an explicit reversed index ``t = t1 - 1 - i``, running the adjoint recurrence
+  ``g[t] = dy[t] C[t] + a[t+1] g[t+1]`` (``tl.associative_scan(reverse=True)`` is not used).
+  dA, dD, d delta_bias and the time-constant dB / dC are summed per program in float32 registers
+  and stored once; a time-varying dB / dC is summed over the program's channels each step and
+  stored per program, then those partial rows are summed over the programs of a group (and the
+  batch where B broadcasts) by torch. No atomics, so results do not depend on scheduling.
 - softplus uses ``log(s) * e / (s - 1)`` with ``s = 1 + e`` for log1p(e) (exact to a few ulp, also
   where e is tiny) and is the identity above 20, as torch's softplus.
 
 Functions take the canonical layout of ``vmunet.ops.selective_scan``: u, delta, z (b, d, L);
 A (d, N); B, C (1 | b, G, N, 1 | L); D, delta_bias (d,) or None; contiguous; any float dtype.
+Offsets that grow with the batch are int64.
 """
 
 from __future__ import annotations
