@@ -48,7 +48,7 @@ from selective_scan import STAGES as _SCAN_STAGES  # noqa: E402  (this script's 
 from selective_scan import make_inputs  # noqa: E402
 
 # the scan benchmark's stage shapes, plus stage 0, a tiny shape for dry runs
-STAGES = {0: (32, 128), **_SCAN_STAGES}
+STAGES = {0: (32, 144), **_SCAN_STAGES}
 
 
 def _inputs(dim: int, length: int, device, grad: bool, seed: int = 0):
