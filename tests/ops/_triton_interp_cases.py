@@ -8,7 +8,7 @@ variable never reaches other tests. Run by hand with::
 
 Every comparison is against the sequential reference in float64 (outputs and all gradients),
 with tolerances per input dtype as in state-spaces/mamba tests/ops/test_selective_scan.py. The
-interpreter runs each program step by step in numpy, so shapes are tiny; L = 37, 20 and 12 are not
+interpreter runs each program step by step in numpy, so shapes are tiny; L = 21, 20 and 12 are not
 multiples of the kernels' 16-step chunk, L = 16 is exactly one chunk.
 """
 
@@ -50,7 +50,7 @@ def test_backend_is_available_under_the_interpreter():
 
 @pytest.mark.parametrize("bc", ["const", "shared", "grouped"])
 def test_every_bc_form_all_options(bc):
-    _compare(make_inputs(1, 4, 37, 3, bc, G=2))
+    _compare(make_inputs(1, 4, 21, 3, bc, G=2))
 
 
 def test_batch_two_one_chunk():
