@@ -112,6 +112,24 @@ def test_custom_op_schema_and_fake():
     assert torch.equal(states[:, 0], torch.zeros(1, 3, 4))
 
 
+def test_custom_ops_fake_match_real_for_bf16_inputs():
+    # bf16 tensors reach the kernels as they are: out in bf16, last state and saved states in float32
+    ins = make_inputs(1, 4, 5, 2, "grouped", G=2, dtype=torch.bfloat16, seed=12)
+    f = {k: (v.to(torch.bfloat16) if v is not None else None) for k, v in ins.items()}
+    f["A"] = f["A"].float()
+    args = (f["u"], f["delta"], f["A"], f["B"], f["C"], f["D"], f["z"], f["delta_bias"], True, "triton", True)
+    torch.library.opcheck(torch.ops.vmunet.selective_scan.default, args, test_utils=("test_faketensor",))
+    out, last, states = torch.ops.vmunet.selective_scan.default(*args)
+    assert (out.dtype, last.dtype, states.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    dout, dlast = torch.ones_like(out), torch.ones_like(last)
+    bargs = (dout, dlast, *args[:10], states)
+    torch.library.opcheck(
+        torch.ops.vmunet.selective_scan_backward.default, bargs, test_utils=("test_faketensor",)
+    )
+    grads = torch.ops.vmunet.selective_scan_backward.default(*bargs)
+    assert [g.dtype for g in grads] == [t.dtype for t in args[:8]]
+
+
 def test_triton_on_cpu_rejected_when_kernels_not_interpreted(monkeypatch):
     from vmunet.ops import _backends
 
