@@ -130,7 +130,7 @@ def build_split_dataset(
         kind, root = "datalist", str(Path(datalist).parent)
     try:
         from vmunet.data.augment import build_transforms
-        from vmunet.data.datasets import build_dataset
+        from vmunet.data.factory import build_dataset
     except ImportError as exc:  # pragma: no cover - a broken installation
         raise ConfigError(f"key 'data.kind': vmunet.data cannot build data sets here ({exc})") from None
     transform = None
