@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
@@ -43,6 +43,9 @@ from vmunet.data.layouts.isic import find_isic_pairs
 from vmunet.data.layouts.nnunet import nnunet_pairs
 from vmunet.data.layouts.synapse import SYNAPSE_NORMALIZATION, _synapse_slice_pairs, find_synapse_volumes
 from vmunet.errors import InputFileError, VmunetUserError
+
+if TYPE_CHECKING:
+    from vmunet.data.volumes3d import VolumeSpec
 
 __all__ = ["build_dataset", "DATASET_KINDS"]
 
@@ -64,6 +67,8 @@ def build_dataset(
     num_classes: int | None = None,
     volumes: bool = False,
     seed: int = 0,
+    volume_spec: VolumeSpec | None = None,
+    train: bool = False,
 ) -> Dataset:
     """Build the dataset for a layout kind and split; the trainer's single entry point.
 
@@ -86,10 +91,69 @@ def build_dataset(
         volumes: for Synapse / volume data, return :class:`VolumeDataset` (whole
             volumes for evaluation) even with ``spatial_dims=2``.
         seed: seed of the empty-slice subsampling and the nnU-Net train/val split.
+        volume_spec: with ``spatial_dims=3``: how volumes become 3-D samples
+            (:class:`vmunet.data.volumes3d.VolumeSpec`): random patches when ``train``, else
+            whole resampled volumes (:func:`vmunet.data.volumes3d.build_volume_dataset`).
+        train: with ``volume_spec``: training patches (``True``) or whole volumes.
 
     Raises:
         VmunetUserError: unknown kind; InputFileError: a missing or bad layout (message names the path).
     """
+    if spatial_dims == 3 and volume_spec is not None:
+        whole = _build(
+            kind,
+            root,
+            split,
+            None,
+            normalization=normalization,
+            datalist=datalist,
+            channels=channels,
+            spatial_dims=3,
+            num_classes=num_classes,
+            volumes=True,
+            seed=seed,
+        )
+        if not isinstance(whole, VolumeDataset):
+            raise VmunetUserError(
+                f"data (kind {kind!r}, split {split!r}) holds 2-D images, not volumes; a 3-D recipe "
+                "(data.spatial_dims: 3) needs volumes"
+            )
+        from vmunet.data.volumes3d import build_volume_dataset
+
+        return build_volume_dataset(whole.sources, volume_spec, train, whole.label_mode, whole.num_classes)
+    return _build(
+        kind,
+        root,
+        split,
+        transform,
+        normalization=normalization,
+        datalist=datalist,
+        channels=channels,
+        spatial_dims=spatial_dims,
+        axis=axis,
+        empty_fraction=empty_fraction,
+        num_classes=num_classes,
+        volumes=volumes,
+        seed=seed,
+    )
+
+
+def _build(
+    kind: str,
+    root: str | os.PathLike[str],
+    split: str,
+    transform: Callable[..., Any] | None = None,
+    *,
+    normalization: Mapping[str, Any] | None = None,
+    datalist: str | os.PathLike[str] | None = None,
+    channels: int | None = None,
+    spatial_dims: int = 2,
+    axis: int = 2,
+    empty_fraction: float = 1.0,
+    num_classes: int | None = None,
+    volumes: bool = False,
+    seed: int = 0,
+) -> Dataset:
     root = Path(root)
     split = SPLIT_ALIASES.get(split, split)
     if kind not in DATASET_KINDS:
