@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Transform
 from torch.utils.data import Dataset
 
 from vmunet.data.dataset_classes import VolumeSource, _convert_label
@@ -52,6 +53,7 @@ __all__ = [
     "WholeVolumeDataset",
     "build_volume_dataset",
     "intensity_transform",
+    "read_labelled_volume",
     "spacing_is_known",
 ]
 
@@ -137,7 +139,7 @@ class VolumeSpec:
             raise ValueError(f"samples_per_volume must be >= 1, got {self.samples_per_volume}")
 
 
-class LoadVolumed:
+class LoadVolumed(Transform):
     """Read ``entry["image"]`` / ``entry["label"]`` paths into channel-first MetaTensors.
 
     The affine is ``diag(spacing)`` along the array axes, which is all ``Spacingd`` needs to
@@ -148,6 +150,8 @@ class LoadVolumed:
     Args:
         label_mode: ``index`` or ``synapse13`` (see :class:`~vmunet.data.PairedImageDataset`).
         num_classes: label values must be below it (``index``).
+
+    A MONAI ``Transform`` (deterministic), so ``CacheDataset`` caches its output.
 
     Example:
         >>> load = LoadVolumed()
@@ -374,6 +378,8 @@ class WholeVolumeDataset(Dataset):
 
         self.sources = list(sources)
         self.spec = spec
+        self.label_mode = label_mode
+        self.num_classes = num_classes
         self.transform = mt.Compose(_deterministic(spec, label_mode, num_classes, pad=False))
         self.volumes = _cached(_entries(self.sources), self.transform, spec)
 
@@ -391,6 +397,19 @@ class WholeVolumeDataset(Dataset):
         if "label" in out:
             item["label"] = _plain(out["label"]).round().long()
         return item
+
+
+def read_labelled_volume(
+    src: VolumeSource, label_mode: str = "index", num_classes: int | None = None
+) -> tuple:
+    """``(ImageData of the image, label map on the same grid or None)`` of a source, as read from disk."""
+    img = read_image(src.image, key=src.image_key)
+    if src.label is None:
+        return img, None
+    lab = _convert_label(read_image(src.label, key=src.label_key).array, src.label, label_mode, num_classes)
+    if lab.shape != img.array.shape[:3]:
+        raise InputFileError(src.label, f"label shape {lab.shape} does not match image {img.array.shape[:3]}")
+    return img, lab
 
 
 def build_volume_dataset(
