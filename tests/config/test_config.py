@@ -127,7 +127,9 @@ def test_save_then_load_round_trip(tmp_path):
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(InputFileError, match="packaged recipes: demo, demo3d, isic17, isic18, synapse, synapse3d"):
+    with pytest.raises(
+        InputFileError, match="packaged recipes: demo, demo3d, isic17, isic18, synapse, synapse3d"
+    ):
         load_config(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
