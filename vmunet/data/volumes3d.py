@@ -52,6 +52,7 @@ __all__ = [
     "VolumeSpec",
     "WholeVolumeDataset",
     "build_volume_dataset",
+    "cache_dir_for",
     "intensity_transform",
     "read_labelled_volume",
     "spacing_is_known",

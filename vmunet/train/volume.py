@@ -86,6 +86,8 @@ class VolumeTrainer(Trainer):
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         if config.data.spatial_dims != 3:
             raise ConfigError("VolumeTrainer needs a 3-D recipe (data.spatial_dims: 3)")
+        if config.train.channels_last:
+            raise ConfigError("key 'train.channels_last' is for 2-D images; set it to false for a 3-D recipe")
         super().__init__(config, *args, **kwargs)
         check_roi(self.raw_model, tuple(config.data.size))
 
