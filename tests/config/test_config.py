@@ -20,7 +20,7 @@ from vmunet.config import (
 from vmunet.errors import ConfigError, InputFileError
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = ("demo", "isic17", "isic18", "synapse")
+RECIPES = ("demo", "demo3d", "isic17", "isic18", "synapse", "synapse3d")
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -127,7 +127,9 @@ def test_save_then_load_round_trip(tmp_path):
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(InputFileError, match="packaged recipes: demo, isic17, isic18, synapse"):
+    with pytest.raises(
+        InputFileError, match="packaged recipes: demo, demo3d, isic17, isic18, synapse, synapse3d"
+    ):
         load_config(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")

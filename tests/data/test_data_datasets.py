@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import vmunet.data.datasets as dsmod
+import vmunet.data.dataset_classes as dcmod
+import vmunet.data.layouts.synapse as synmod
 from vmunet.data.datasets import (
     PairedImageDataset,
     VolumeSliceDataset,
@@ -184,7 +185,7 @@ def test_synapse_raw_mapping_and_window(tmp_path, monkeypatch):
     (tmp_path / "label").mkdir()
     m = load_manifest("synapse")
     monkeypatch.setattr(
-        dsmod, "_synapse_split_cases", lambda split: {"train": ["case0005"], "test": ["case0001"]}[split]
+        synmod, "_synapse_split_cases", lambda split: {"train": ["case0005"], "test": ["case0001"]}[split]
     )
     vols = _btcv(tmp_path, ["case0005", "case0001"])
     ds = build_dataset("synapse", tmp_path, "train")
@@ -236,8 +237,8 @@ def test_slice_dataset_caches_volumes_and_subsamples_empty(tmp_path, monkeypatch
         write_image(tmp_path / f"v{v}_seg.nii.gz", lab)
         srcs.append(VolumeSource(tmp_path / f"v{v}.nii.gz", tmp_path / f"v{v}_seg.nii.gz", f"v{v}"))
     calls = []
-    real = dsmod.read_image
-    monkeypatch.setattr(dsmod, "read_image", lambda p, key=None: calls.append(p) or real(p, key=key))
+    real = dcmod.read_image
+    monkeypatch.setattr(dcmod, "read_image", lambda p, key=None: calls.append(p) or real(p, key=key))
     ds = VolumeSliceDataset(srcs, axis=2)
     assert len(ds) == 20
     for i in range(len(ds)):

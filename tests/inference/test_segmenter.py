@@ -118,7 +118,21 @@ def test_inference_spec_validation_names_the_key():
     with pytest.raises(VmunetUserError, match="inference.input_size"):
         InferenceSpec.from_dict({"in_channels": 1, "out_channels": 2, "input_size": [50, 64]})
     with pytest.raises(VmunetUserError, match="inference.spatial_dims"):
-        InferenceSpec.from_dict({"in_channels": 1, "out_channels": 2, "spatial_dims": 3})
+        InferenceSpec.from_dict({"in_channels": 1, "out_channels": 2, "spatial_dims": 4})
+    with pytest.raises(VmunetUserError, match=r"inference.input_size must be the 3-D patch"):
+        InferenceSpec.from_dict(
+            {"in_channels": 1, "out_channels": 2, "spatial_dims": 3, "input_size": [32, 32]}
+        )
+    with pytest.raises(VmunetUserError, match=r"inference.spacing"):
+        InferenceSpec.from_dict(
+            {
+                "in_channels": 1,
+                "out_channels": 2,
+                "spatial_dims": 3,
+                "input_size": [8, 8, 8],
+                "spacing": [1, 0, 1],
+            }
+        )
     with pytest.raises(VmunetUserError, match="inference.resize"):
         InferenceSpec.from_dict({"in_channels": 1, "out_channels": 1, "resize": True})
     spec = InferenceSpec.from_dict({"in_channels": 3, "out_channels": 1, "class_names": ["lesion"]})

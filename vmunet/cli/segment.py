@@ -16,6 +16,11 @@ EPILOG = """examples:
   vmunet segment scans/ --checkpoint runs/synapse/best.pt --output masks/
   vmunet segment ct1.nii.gz ct2.nrrd dicom_series/ --checkpoint best.pt --output out/ --overlay
   vmunet segment lesions/ --checkpoint isic.pt --output out/ --tta --probabilities --device cpu
+  vmunet segment ct/ --checkpoint runs/synapse3d/best.pt --output out/ --overlap 0.5 --tta
+
+2-D checkpoints segment volumes slice by slice; 3-D checkpoints (trained with data.spatial_dims: 3)
+resample each volume to the training spacing, run a gaussian 3-D sliding window and write the label
+map back on the input's own grid.
 
 outputs (in --output): the label maps, named like their inputs and in their format with
 their geometry (a DICOM series becomes <folder>.nii.gz, JPEG becomes PNG), input sub-folders
@@ -59,10 +64,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=4, metavar="N", help="slices / windows per forward pass"
+        "--batch-size",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="slices / windows (2-D or 3-D) per forward pass",
     )
     p.add_argument("--overlap", type=_overlap, default=0.5, metavar="F", help="sliding-window overlap [0, 1)")
-    p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    p.add_argument(
+        "--tta", action="store_true", help="average over flips (test-time augmentation; 3-D: each axis)"
+    )
     p.add_argument("--probabilities", action="store_true", help="also write probability maps")
     p.add_argument("--overlay", action="store_true", help="also write PNG overlays of the contours")
     p.add_argument(
@@ -70,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         choices=(0, 1, 2),
         default=None,
-        help="slicing axis for volumes (default: the axial axis from the image orientation)",
+        help="2-D checkpoints: slicing axis for volumes (default: the axial axis from the orientation)",
     )
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / per-file lines")

@@ -41,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a model from a YAML recipe (resumable, multi-GPU with torchrun)",
-        description="Train VM-UNet from a YAML recipe (a file, or: demo, isic17, isic18, synapse).",
+        description="Train VM-UNet from a YAML recipe (a file, or: demo, demo3d, isic17, isic18, synapse, "
+        "synapse3d).",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -53,6 +53,8 @@ _POSITIVE = {
     "train.max_steps_per_epoch",
     "scheduler.t_max",
     "optim.lr",
+    "data.samples_per_volume",
+    "eval.sw_batch_size",
 }
 _NON_NEGATIVE = {
     "data.num_workers",
@@ -64,6 +66,8 @@ _NON_NEGATIVE = {
     "loss.ce_weight",
     "loss.dice_weight",
     "train.grad_clip",
+    "data.patch_pos",
+    "data.patch_neg",
 }
 
 
@@ -204,9 +208,26 @@ def _check_values(cfg: Config, source: str) -> None:
         v = flat.get(key)
         if v is not None and v < 0:
             raise ConfigError(f"{source}: key '{key}' must be >= 0, got {v!r}")
+    if cfg.data.spatial_dims not in (2, 3):
+        raise ConfigError(f"{source}: key 'data.spatial_dims' must be 2 or 3, got {cfg.data.spatial_dims!r}")
     size = cfg.data.size
-    if len(size) != 2 or any(s <= 0 for s in size):
+    if cfg.data.spatial_dims == 3:
+        if len(size) != 3 or any(s <= 0 for s in size):
+            raise ConfigError(
+                f"{source}: key 'data.size' expects three positive integers [X, Y, Z] (the 3-D patch, "
+                f"data.spatial_dims is 3), got {size!r}"
+            )
+        sp = cfg.data.spacing
+        if sp is not None and (len(sp) != 3 or any(s <= 0 for s in sp)):
+            raise ConfigError(
+                f"{source}: key 'data.spacing' expects three positive mm values [X, Y, Z], got {sp!r}"
+            )
+        if cfg.data.patch_pos + cfg.data.patch_neg <= 0:
+            raise ConfigError(f"{source}: keys 'data.patch_pos' and 'data.patch_neg' cannot both be 0")
+    elif len(size) != 2 or any(s <= 0 for s in size):
         raise ConfigError(f"{source}: key 'data.size' expects two positive integers [H, W], got {size!r}")
+    if not 0.0 <= cfg.eval.overlap < 1.0:
+        raise ConfigError(f"{source}: key 'eval.overlap' must lie in [0, 1), got {cfg.eval.overlap!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(
             f"{source}: key 'optim.betas' expects two numbers in [0, 1), got {cfg.optim.betas!r}"
@@ -364,7 +385,7 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
 
 def check_data_paths(cfg: Config, source: str = "config") -> None:
     """Fail early when a data path the config names does not exist (key and path in the message)."""
-    if cfg.data.kind == "demo":
+    if cfg.data.kind in ("demo", "demo3d"):
         return  # built on first use
     for key in ("root", "datalist"):
         value = getattr(cfg.data, key)

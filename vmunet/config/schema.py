@@ -71,6 +71,17 @@ class DataConfig:
         batch_size: training batch size per process.
         val_batch_size: validation batch size (default: ``batch_size``).
         class_names: names of the output classes (background included for multi-class).
+        spatial_dims: 2 (images, or volumes slice by slice) or 3 (volumes in 3-D patches; then
+            ``size`` is the patch ``[X, Y, Z]`` in voxels at ``spacing``).
+        spacing: 3-D only: target voxel size ``[X, Y, Z]`` in mm that volumes are resampled to
+            (``null``: keep each volume's own).
+        patch_pos / patch_neg: 3-D only: weights of patches centred on a labelled / background
+            voxel (MONAI ``RandCropByPosNegLabeld`` ``pos`` / ``neg``).
+        samples_per_volume: 3-D only: random patches per training volume per epoch.
+        crop_foreground: 3-D only: crop training volumes to their foreground (image > 0) first.
+        cache: 3-D only: where the resampled volumes are kept between epochs: ``memory``
+            (MONAI ``CacheDataset``), ``disk`` (``PersistentDataset``) or ``none``.
+        cache_dir: 3-D only: folder of the ``disk`` cache (default ``<output>/cache3d``).
 
     Example:
         >>> DataConfig(kind="isic", root="data/isic2017").size
@@ -90,6 +101,14 @@ class DataConfig:
     batch_size: int = 32
     val_batch_size: int | None = None
     class_names: list[str] = field(default_factory=list)
+    spatial_dims: int = 2
+    spacing: list[float] | None = None
+    patch_pos: float = 1.0
+    patch_neg: float = 1.0
+    samples_per_volume: int = 4
+    crop_foreground: bool = False
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -196,6 +215,8 @@ class EvalConfig:
         protocol: ``isic`` (pooled pixels over the split), ``synapse`` (per organ on whole volumes,
             slice by slice) or ``standard`` (per case mean).
         threshold: probability threshold for binary outputs.
+        overlap: 3-D only: overlap of the gaussian sliding window (validation, ``vmunet test``).
+        sw_batch_size: 3-D only: windows per forward pass of the sliding window.
 
     Example:
         >>> EvalConfig(protocol="synapse").threshold
@@ -204,6 +225,8 @@ class EvalConfig:
 
     protocol: Literal["isic", "synapse", "standard"] = "isic"
     threshold: float = 0.5
+    overlap: float = 0.5
+    sw_batch_size: int = 2
 
 
 @dataclass

@@ -39,9 +39,9 @@ __all__ = [
 
 # Heavier pieces (torch datasets, albumentations) load on first use.
 _LAZY = {
-    "build_dataset": "vmunet.data.datasets",
-    "VolumeSliceDataset": "vmunet.data.datasets",
-    "PairedImageDataset": "vmunet.data.datasets",
+    "build_dataset": "vmunet.data.factory",
+    "VolumeSliceDataset": "vmunet.data.dataset_classes",
+    "PairedImageDataset": "vmunet.data.dataset_classes",
     "build_transforms": "vmunet.data.augment",
     "build_volume_transforms": "vmunet.data.augment",
     "prepare_dataset": "vmunet.data.prepare",

@@ -61,7 +61,9 @@ class InferenceSpec:
         normalization: :func:`vmunet.data.normalize_intensity` spec.
         class_names: one name per label value (``0 .. n_labels-1``).
         activation: ``"sigmoid"`` or ``"softmax"``.
-        spatial_dims: 2 (the only kind the segmenter runs).
+        spatial_dims: 2 (pictures; volumes slice by slice) or 3 (volumes whole, sliding window).
+        spacing: 3-D only: the training voxel size ``(X, Y, Z)`` in mm volumes are resampled
+            to (``None``: each volume is predicted on its own grid).
 
     Example:
         >>> spec = InferenceSpec.from_dict({"in_channels": 1, "out_channels": 2, "input_size": [64, 64]})
@@ -71,12 +73,13 @@ class InferenceSpec:
 
     in_channels: int
     out_channels: int
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[int, ...] | None = None
     resize: bool = False
     normalization: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
     class_names: tuple[str, ...] = ()
     activation: str = "sigmoid"
     spatial_dims: int = 2
+    spacing: tuple[float, float, float] | None = None
 
     @property
     def n_labels(self) -> int:
@@ -94,17 +97,38 @@ class InferenceSpec:
 
         if not isinstance(d, Mapping):
             raise VmunetUserError(f"{source}: 'inference' must be a dict, got {type(d).__name__}")
-        sd = int(d.get("spatial_dims", 2))
-        if sd != 2:
-            raise bad("spatial_dims", f"is {sd}; the segmenter runs 2-D models (volumes slice by slice)")
-        out: dict[str, Any] = {"spatial_dims": 2}
+        sd = d.get("spatial_dims", 2)
+        if sd not in (2, 3):
+            raise bad("spatial_dims", f"must be 2 or 3, got {sd!r}")
+        sd = int(sd)
+        out: dict[str, Any] = {"spatial_dims": sd}
         for key in ("in_channels", "out_channels"):
             v = d.get(key)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise bad(key, f"must be a positive integer, got {v!r}")
             out[key] = int(v)
         size = d.get("input_size")
-        if size is not None:
+        if sd == 3:
+            try:
+                roi = tuple(int(s) for s in size)  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                raise bad("input_size", f"must be the 3-D patch [X, Y, Z], got {size!r}") from None
+            if len(roi) != 3 or any(s < 1 for s in roi):
+                raise bad("input_size", f"must be the 3-D patch [X, Y, Z], got {size!r}")
+            out["input_size"] = roi
+            sp = d.get("spacing")
+            if sp is not None:
+                try:
+                    sp_t = tuple(float(s) for s in sp)
+                except (TypeError, ValueError):
+                    raise bad("spacing", f"must be [X, Y, Z] in mm, got {sp!r}") from None
+                if len(sp_t) != 3 or any(not s > 0 for s in sp_t):
+                    raise bad("spacing", f"must be three positive mm values [X, Y, Z], got {sp!r}")
+                out["spacing"] = sp_t
+            if d.get("resize"):
+                raise bad("resize", "must be false for a 3-D model (volumes go through a sliding window)")
+            size = None
+        elif size is not None:
             try:
                 size_t = tuple(int(s) for s in size)
             except (TypeError, ValueError):
@@ -112,7 +136,7 @@ class InferenceSpec:
             if len(size_t) != 2 or any(s < SIZE_MULTIPLE or s % SIZE_MULTIPLE for s in size_t):
                 raise bad("input_size", f"must be [H, W], multiples of {SIZE_MULTIPLE}, got {size!r}")
             out["input_size"] = size_t
-        out["resize"] = bool(d.get("resize", False))
+        out["resize"] = bool(d.get("resize", False)) and sd == 2
         if out["resize"] and size is None:
             raise bad("resize", "is true but inference.input_size is missing")
         norm = d.get("normalization") or {"kind": "none"}
@@ -240,13 +264,19 @@ def _load_checkpoint(
 
 
 class Segmenter:
-    """Segment 2-D images and 3-D volumes with a trained 2-D VM-UNet checkpoint.
+    """Segment 2-D images and 3-D volumes with a trained VM-UNet checkpoint (2-D or 3-D).
 
-    2-D images of any size go through a Gaussian-blended sliding window with the
-    training patch size (padded to a multiple of 32 and cropped back), or are
-    resized to the training input size and back when the checkpoint says
-    ``resize``. Volumes are segmented slice by slice along ``axis`` (default: the
-    axis closest to the physical S-I direction) in batches of slices.
+    With a 2-D checkpoint, 2-D images of any size go through a Gaussian-blended sliding
+    window with the training patch size (padded to a multiple of 32 and cropped back), or
+    are resized to the training input size and back when the checkpoint says ``resize``.
+    Volumes are segmented slice by slice along ``axis`` (default: the axis closest to the
+    physical S-I direction) in batches of slices.
+
+    With a 3-D checkpoint (``inference.spatial_dims: 3``) each volume is resampled to the
+    training spacing, predicted whole by a gaussian 3-D sliding window with ``overlap``
+    (``tta``: averaged over flips of each axis) and its probabilities resampled back onto
+    the input grid; 2-D pictures are refused with one message. The two paths are strategy
+    objects (:mod:`vmunet.inference.volumetric`) chosen once from ``spatial_dims``.
 
     Args:
         checkpoint: path to a vmunet checkpoint, a loaded checkpoint dict, or an
@@ -320,6 +350,9 @@ class Segmenter:
             source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint"
         self.spec = InferenceSpec.from_dict(info, source=f"checkpoint {source}")
         self.model = model.to(self.device).eval()
+        from vmunet.inference.volumetric import strategy_for
+
+        self._strategy = strategy_for(self.spec.spatial_dims)(self)
 
     # ------------------------------------------------------------------ public
 
@@ -365,11 +398,7 @@ class Segmenter:
         if arr.size == 0:
             raise self._bad(img, f"image has no pixels (shape {arr.shape})")
         _check_finite(arr, lambda why: self._bad(img, why))
-        if img.is_volume:
-            labels, probs, used_axis = self._predict_volume(img, return_probabilities, axis, progress)
-        else:
-            labels, probs = self._predict_2d(img, return_probabilities)
-            used_axis = None
+        labels, probs, used_axis = self._strategy.predict(img, return_probabilities, axis, progress)
         dt = time.perf_counter() - t0
         logger.debug("%s: predicted %s in %.2f s", where, labels.shape, dt)
         return Prediction(labels, probs, img, self.class_names, used_axis, dt)

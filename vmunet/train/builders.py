@@ -24,7 +24,7 @@ from torch import nn
 from vmunet.config.schema import Config
 from vmunet.errors import ConfigError
 
-__all__ = ["build_model", "build_split_dataset", "inference_spec", "unpack_batch"]
+__all__ = ["build_model", "build_split_dataset", "inference_spec", "unpack_batch", "volume_spec"]
 
 logger = logging.getLogger("vmunet.train")
 
@@ -93,6 +93,20 @@ def inference_spec(cfg: Config) -> dict[str, Any]:
     names = list(cfg.data.class_names) or (
         ["background", "foreground"] if out == 1 else [f"class_{i}" for i in range(out)]
     )
+    if cfg.data.spatial_dims == 3:
+        return {
+            "spatial_dims": 3,
+            "in_channels": cfg.model.in_channels,
+            "out_channels": out,
+            "input_size": [int(s) for s in cfg.data.size],  # the ROI (X, Y, Z) at `spacing`
+            "spacing": [float(s) for s in cfg.data.spacing] if cfg.data.spacing else None,  # mm, X/Y/Z
+            "resize": False,
+            "normalization": dict(cfg.data.normalization),
+            "class_names": names,
+            "activation": "sigmoid" if out == 1 else "softmax",
+            "threshold": cfg.eval.threshold,
+            "overlap": cfg.eval.overlap,
+        }
     return {
         "spatial_dims": 2,
         "in_channels": cfg.model.in_channels,
@@ -128,11 +142,18 @@ def build_split_dataset(
     if kind == "demo":
         datalist = str(vdata.make_demo_data(_demo_root(cfg, output_dir)))
         kind, root = "datalist", str(Path(datalist).parent)
+    elif kind == "demo3d":
+        from vmunet.data.demo3d import make_demo3d_data
+
+        datalist = str(make_demo3d_data(_demo_root(cfg, output_dir)))
+        kind, root = "datalist", str(Path(datalist).parent)
     try:
         from vmunet.data.augment import build_transforms
-        from vmunet.data.datasets import build_dataset
+        from vmunet.data.factory import build_dataset
     except ImportError as exc:  # pragma: no cover - a broken installation
         raise ConfigError(f"key 'data.kind': vmunet.data cannot build data sets here ({exc})") from None
+    if cfg.data.spatial_dims == 3:
+        return _build_3d(cfg, kind, root, datalist, split, train, output_dir, volumes)
     transform = None
     if not volumes:
         try:
@@ -158,6 +179,60 @@ def build_split_dataset(
             kwargs[name] = value
     try:
         return build_dataset(kind, root, split, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"key 'data' (kind {kind!r}, split {split!r}): {exc}") from None
+
+
+def volume_spec(cfg: Config, output_dir: Path | None = None) -> Any:
+    """The :class:`vmunet.data.volumes3d.VolumeSpec` of a 3-D recipe's ``data`` section."""
+    from vmunet.data.volumes3d import VolumeSpec, cache_dir_for
+
+    d = cfg.data
+    cache_dir = d.cache_dir or (cache_dir_for(output_dir or cfg.output_dir) if d.cache == "disk" else None)
+    try:
+        return VolumeSpec(
+            roi_size=tuple(d.size),  # type: ignore[arg-type]
+            spacing=tuple(d.spacing) if d.spacing else None,  # type: ignore[arg-type]
+            normalization=dict(d.normalization),
+            pos=d.patch_pos,
+            neg=d.patch_neg,
+            samples_per_volume=d.samples_per_volume,
+            crop_foreground=d.crop_foreground,
+            augmentation=d.augmentation,
+            cache=d.cache,
+            cache_dir=cache_dir,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"key 'data' (3-D recipe): {exc}") from None
+
+
+def _build_3d(
+    cfg: Config,
+    kind: str,
+    root: str | None,
+    datalist: str | None,
+    split: str,
+    train: bool,
+    output_dir: Path | None,
+    volumes: bool,
+) -> Any:
+    from vmunet.data.factory import build_dataset
+
+    spec = volume_spec(cfg, output_dir)
+    try:
+        return build_dataset(
+            kind,
+            root,  # type: ignore[arg-type]
+            split,
+            datalist=datalist,
+            normalization=dict(cfg.data.normalization),
+            channels=cfg.model.in_channels,
+            spatial_dims=3,
+            num_classes=max(2, cfg.model.out_channels),
+            seed=cfg.train.seed,
+            volume_spec=spec,
+            train=train and not volumes,
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"key 'data' (kind {kind!r}, split {split!r}): {exc}") from None
 

@@ -516,7 +516,12 @@ def train(
     """
     from vmunet.train.distributed import shutdown_distributed
 
-    trainer = Trainer(config, output_dir=output_dir, resume=resume, device=device)
+    cls: type[Trainer] = Trainer
+    if config.data.spatial_dims == 3:  # patches in, sliding-window validation on whole volumes
+        from vmunet.train.volume import VolumeTrainer
+
+        cls = VolumeTrainer
+    trainer = cls(config, output_dir=output_dir, resume=resume, device=device)
     try:
         return trainer.fit()
     finally:
