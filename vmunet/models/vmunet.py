@@ -43,6 +43,20 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _conv_block(in_channels: int, out_channels: int, mid_channels: int | None = None) -> nn.Sequential:
+    """3x3 conv -> InstanceNorm -> LeakyReLU, once (or twice through ``mid_channels``): the full-res path."""
+    layers: list[nn.Module] = []
+    for cin, cout in ((in_channels, mid_channels), (mid_channels or in_channels, out_channels)):
+        if cout is None:
+            continue
+        layers += [
+            nn.Conv2d(cin, cout, kernel_size=3, padding=1),
+            nn.InstanceNorm2d(cout, affine=True),
+            nn.LeakyReLU(0.1, inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
 class VMUNet(nn.Module):
     """VM-UNet: a U-shaped network of visual state-space (VSS) blocks, for 2-D segmentation.
 
@@ -76,6 +90,15 @@ class VMUNet(nn.Module):
         use_checkpoint: gradient checkpointing of the VSS blocks while training.
         scan_backend: selective-scan backend (``"cuda"``, ``"cpu"``, ``"torch"``,
             ``"reference"``; ``None`` = automatic, see :func:`vmunet.ops.resolve_backend`).
+        patch_size: stride of the patch embedding and factor of the final patch expansion
+            (4 in the public architecture; 2 doubles the token grid and costs about 4x).
+        full_res_skip: channels of an optional full-resolution convolutional skip path (0, the
+            default, is the public architecture). When > 0, two 3x3 conv layers on the input
+            image give a full-resolution feature that is concatenated with the final patch
+            expansion's output and fused by a 3x3 conv before the 1x1 head: the head then sees
+            pixel-level detail that the patch-``patch_size`` token grid cannot carry (without it
+            contours follow a ``patch_size``-pixel staircase on small images). See
+            benchmarks/RESULTS.md, "Demo ablation".
 
     Raises:
         ValueError: an argument outside its allowed values (the message names it).
@@ -111,6 +134,8 @@ class VMUNet(nn.Module):
         drop_path_rate: float = 0.2,
         use_checkpoint: bool = False,
         scan_backend: str | None = None,
+        patch_size: int = PATCH_SIZE,
+        full_res_skip: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -137,6 +162,10 @@ class VMUNet(nn.Module):
             if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
         self._check_backend(scan_backend)
+        _check_int("patch_size", patch_size, 1)
+        _check_int("full_res_skip", full_res_skip, 0)
+        if dims[0] % patch_size:
+            raise ValueError(f"dims[0] ({dims[0]}) must be a multiple of patch_size ({patch_size})")
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -146,7 +175,8 @@ class VMUNet(nn.Module):
         self.dims = dims
         self.num_layers = len(depths)
         #: H and W must be multiples of this (patch size times the three 2x downsamplings).
-        self.size_divisor = PATCH_SIZE * 2 ** (self.num_layers - 1)
+        self.patch_size = patch_size
+        self.size_divisor = patch_size * 2 ** (self.num_layers - 1)
         self.config: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "in_channels": in_channels,
@@ -163,6 +193,8 @@ class VMUNet(nn.Module):
             "drop_path_rate": drop_path_rate,
             "use_checkpoint": use_checkpoint,
             "scan_backend": scan_backend,
+            "patch_size": patch_size,
+            "full_res_skip": full_res_skip,
         }
 
         block_kwargs = {
@@ -174,7 +206,7 @@ class VMUNet(nn.Module):
             "scan_backend": scan_backend,
         }
         dims_decoder = dims[::-1]
-        self.patch_embed = PatchEmbed2D(PATCH_SIZE, in_channels, dims[0])
+        self.patch_embed = PatchEmbed2D(patch_size, in_channels, dims[0])
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         # device="cpu": also right under a ``torch.device("meta")`` context
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -203,8 +235,14 @@ class VMUNet(nn.Module):
                     **block_kwargs,
                 )
             )
-        self.final_up = FinalPatchExpand2D(dims_decoder[-1], dim_scale=PATCH_SIZE)
-        self.final_conv = nn.Conv2d(dims_decoder[-1] // PATCH_SIZE, out_channels, kernel_size=1)
+        self.final_up = FinalPatchExpand2D(dims_decoder[-1], dim_scale=patch_size)
+        head_in = dims_decoder[-1] // patch_size
+        self.full_res_skip = full_res_skip
+        if full_res_skip:
+            self.skip_stem = _conv_block(in_channels, full_res_skip, full_res_skip)
+            self.skip_fuse = _conv_block(head_in + full_res_skip, full_res_skip)
+            head_in = full_res_skip
+        self.final_conv = nn.Conv2d(head_in, out_channels, kernel_size=1)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -321,9 +359,12 @@ class VMUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits; H, W multiples of 32."""
         self.check_input(x)
+        image = x
         x, skips = self.forward_features(x)
         x = self.forward_features_up(x, skips)
         x = self.final_up(x).permute(0, 3, 1, 2)
+        if self.full_res_skip:
+            x = self.skip_fuse(torch.cat([x, self.skip_stem(image)], dim=1))
         return self.final_conv(x)
 
 
