@@ -14,8 +14,7 @@ __all__ = ["add_parser", "run"]
 
 EPILOG = """examples:
   vmunet compare demo --models vmunet_tiny,monai_basicunet_2d --output runs/compare
-  vmunet compare configs/isic17.yaml --models vmunet_small,monai_basicunet_2d,monai_swinunetr_2d \\
-      --output runs/isic17_compare --epochs 100 --set data.root=data/isic2017
+  vmunet compare configs/isic17.yaml --models vmunet_small,monai_swinunetr_2d --output runs/cmp17 --epochs 100
 
 Every model trains with the same recipe (data, augmentation, loss, optimiser, schedule, seed)
 and the same epochs, in its own process; best.pt (by validation Dice) is scored on the
