@@ -38,6 +38,7 @@ ROWS: list[tuple[str, list[str]]] = [
         "I. vmunet_tiny, full_res_skip 16, 20 epochs",
         ["model.overrides.full_res_skip=16", "train.epochs=20", "scheduler.t_max=20", "train.val_every=2"],
     ),
+    ("J. vmunet_tiny, full_res_skip 16, lr 2e-3", ["model.overrides.full_res_skip=16", "optim.lr=2e-3"]),
 ]
 
 
@@ -47,6 +48,7 @@ def run_row(label: str, overrides: list[str], data_dir: Path, out: Path) -> dict
     from vmunet.train.evaluate import test_checkpoint
 
     base = [f"data.datalist={data_dir / 'datalist.json'}", f"data.root={data_dir}", "data.kind=datalist"]
+    base.append("model.overrides={}")  # every row starts from the old demo (no full_res_skip)
     cfg = load_config("demo", base + ["train.device=cpu"] + overrides)
     trainer = Trainer(cfg, output_dir=out)
     n_params = sum(p.numel() for p in trainer.raw_model.parameters())
