@@ -187,7 +187,9 @@ def test_config_pretrained_is_an_error_for_a_baseline(tmp_path):
 
     weights = tmp_path / "vmamba.pth"
     torch.save({"model": {}}, weights)
-    cfg = load_config("demo", ["model.name=monai_basicunet_2d", f"model.pretrained={weights}"])
+    cfg = load_config(
+        "demo", ["model.name=monai_basicunet_2d", "model.overrides={}", f"model.pretrained={weights}"]
+    )
     with pytest.raises(ConfigError, match="key 'model.pretrained': monai_basicunet_2d is a MONAI baseline"):
         build_model(cfg)
 
@@ -198,10 +200,9 @@ def test_every_2d_recipe_builds_each_baseline(recipe, name):
     from vmunet.config import load_config
     from vmunet.train.builders import build_model
 
-    # The paper recipes' model.overrides are VM-UNet arguments: a clear error, then cleared.
-    if recipe != "demo":
-        with pytest.raises(ConfigError, match=r"set model.overrides=\{\}"):
-            build_model(load_config(recipe, [f"model.name={name}"]))
+    # The recipes' model.overrides are VM-UNet arguments: a clear error, then cleared.
+    with pytest.raises(ConfigError, match=r"set model.overrides=\{\}"):
+        build_model(load_config(recipe, [f"model.name={name}"]))
     cfg = load_config(recipe, [f"model.name={name}", "model.overrides={}"])
     model, arch = build_model(cfg)
     assert arch["name"] == name and arch["kwargs"] == model.config
@@ -222,7 +223,11 @@ def test_baseline_trains_tests_and_segments(name, extra, tmp_path):
     from vmunet.demo import run_demo
 
     s = run_demo(
-        tmp_path / "demo", quick=True, device="cpu", overrides=[f"model.name={name}", *extra], progress=False
+        tmp_path / "demo",
+        quick=True,
+        device="cpu",
+        overrides=[f"model.name={name}", "model.overrides={}", *extra],
+        progress=False,
     )
     ckpt = read_checkpoint(s.checkpoint)
     assert ckpt["arch"]["name"] == name and ckpt["format"] == "vmunet"

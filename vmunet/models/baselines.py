@@ -64,7 +64,17 @@ __all__ = [
 ]
 
 #: VM-UNet constructor arguments (a recipe's model.overrides) that no baseline takes.
-_VMUNET_ARGS = {"depths_decoder", "dims", "d_state", "ssm_ratio", "dt_rank", "d_conv", "drop_path_rate"}
+_VMUNET_ARGS = {
+    "depths_decoder",
+    "dims",
+    "d_state",
+    "ssm_ratio",
+    "dt_rank",
+    "d_conv",
+    "drop_path_rate",
+    "patch_size",
+    "full_res_skip",
+}
 
 _AXIS_NAMES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
