@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom (nbclient, quick mode) and are stored without outputs."""
+"""The notebooks run top to bottom (nbclient; quick mode, and the quickstart's full mode) and are
+stored without outputs."""
 
 from __future__ import annotations
 
@@ -29,11 +30,16 @@ def test_notebook_is_stored_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip the outputs"
 
 
-def _execute(name: str, work: Path) -> list[str]:
+def _execute(name: str, work: Path, quick: bool = True, extra: str = "") -> list[str]:
     nb = _load(name)
-    keys = ("VMUNET_NOTEBOOK_QUICK", "VMUNET_NOTEBOOK_DIR", "MPLBACKEND")
+    keys = ("VMUNET_NOTEBOOK_QUICK", "VMUNET_NOTEBOOK_DIR", "VMUNET_NOTEBOOK_OVERRIDES", "MPLBACKEND")
     env_before = {k: os.environ.get(k) for k in keys}
-    os.environ.update(VMUNET_NOTEBOOK_QUICK="1", VMUNET_NOTEBOOK_DIR=str(work / "out"), MPLBACKEND="Agg")
+    os.environ.update(
+        VMUNET_NOTEBOOK_QUICK="1" if quick else "0",
+        VMUNET_NOTEBOOK_DIR=str(work / "out"),
+        VMUNET_NOTEBOOK_OVERRIDES=extra,
+        MPLBACKEND="Agg",
+    )
     try:
         client = nbclient.NotebookClient(
             nb,
@@ -84,3 +90,25 @@ def test_monai_integration_runs(work):
     diff = float(text.split("max difference to the trained network:")[1].split()[0])
     assert diff < 1e-5
     assert "vmunet.VMUNet" in (tmp_path / "out" / "bundle" / "inference.yaml").read_text()
+
+
+def test_quickstart_full_mode_runs(tmp_path):
+    # The full mode's cells and keys (the recipe's data size, input size, epochs-with-and-without-
+    # validation history), kept short by capping each epoch at one step. train.val_every=2 makes
+    # some history rows lack the val_* keys, which the shipped notebook once failed on (KeyError).
+    text = "\n".join(
+        _execute(
+            "quickstart.ipynb",
+            tmp_path,
+            quick=False,
+            extra="train.max_steps_per_epoch=1 train.epochs=3 scheduler.t_max=3 train.val_every=2",
+        )
+    )
+    assert "quick mode" not in text
+    assert "3 epochs trained, 2 validated" in text
+    assert "best validation Dice" in text and "standard protocol" in text
+    assert (tmp_path / "out" / "run" / "best.pt").is_file()
+    import json
+
+    datalist = json.loads((tmp_path / "out" / "demo_data" / "datalist.json").read_text())
+    assert datalist["settings"]["size"] == 96  # the full mode's data (quick mode builds 64)

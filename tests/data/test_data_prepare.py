@@ -253,3 +253,94 @@ def test_demo_data_from_nilearn(tmp_path):
     root = make_synthetic_lesions(tmp_path / "les", n=10, size=32, seed=1)
     tr = build_dataset("isic", root, "train")
     assert len(tr) == 7 and set(tr[0]["label"].unique().tolist()) == {0, 1}
+
+
+def _truncate_jpeg(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a download cut off half-way
+
+
+def test_prepare_skip_invalid_converts_every_good_pair_and_lists_the_rest(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _fake_isic2017(raw, n=5)
+    bad_jpeg = raw / DIRS["train"][0] / "ISIC_tr00002.jpg"
+    _truncate_jpeg(bad_jpeg)
+    orphan = raw / DIRS["val"][0] / "ISIC_va00009.jpg"  # an image without its mask
+    write_image(orphan, RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    # Default: strict. The truncated file is named, nothing is written, and no line claims a conversion.
+    msgs = []
+    with pytest.raises(PrepareError) as info:
+        prepare_dataset("isic2017", raw, out, size=16, check_counts=False, progress=msgs.append)
+    assert any("ISIC_tr00002.jpg" in p for p in info.value.problems)
+    assert any("ISIC_va00009.jpg: no mask" in p for p in info.value.problems)
+    assert not list(out.rglob("*.npy"))
+    assert msgs and not any("convert" in m for m in msgs), msgs
+    assert "checking 5 pairs" in msgs[0]
+
+    # --skip-invalid through the CLI: every good pair converted, each skipped file listed with its reason.
+    code = main(
+        ["prepare", "isic2017", "--raw", str(raw), "--output", str(out), "--size", "16"]
+        + ["--no-count-check", "--skip-invalid"]
+    )
+    console = capsys.readouterr().out
+    assert code == 0
+    assert "train: checking 5 pairs" in console and "train: converted 4, skipped 1" in console
+    assert "val: converted 5, skipped 1" not in console and "val: converted 5" in console
+    listed = (out / "skipped.txt").read_text().splitlines()
+    assert len(listed) == 2
+    assert any(line.startswith(str(bad_jpeg)) for line in listed)
+    assert any(line.startswith(str(orphan)) and "no mask" in line for line in listed)
+    for line in listed:
+        assert f"skipped {line}" in console
+    info = json.loads((out / "prepared.json").read_text())
+    assert info["counts"] == {"train": 4, "val": 5, "test": 5}
+    assert info["skipped_cases"] == {"train": ["ISIC_tr00002"]}
+    ids = json.loads((out / "train" / "ids.json").read_text())
+    assert "ISIC_tr00002" not in ids and len(ids) == 4
+    imgs = np.load(out / "train" / "images.npy")
+    assert imgs.shape == (4, 16, 16, 3)
+    # each stored image is its own file's (not shifted by the skipped one)
+    import cv2
+
+    for k, case in enumerate(ids):
+        src = read_image(raw / DIRS["train"][0] / f"{case}.jpg").array
+        np.testing.assert_array_equal(imgs[k], cv2.resize(src, (16, 16), interpolation=cv2.INTER_LINEAR))
+    # a second run finds everything done (the skipped case is remembered, not retried as new)
+    msgs = []
+    prepare_dataset(
+        "isic2017", raw, out, size=16, check_counts=False, progress=msgs.append, skip_invalid=True
+    )
+    assert sum("already prepared, skipped" in m for m in msgs) == 3
+    ds = build_dataset("isic2017", out, "train", build_transforms("isic", 16, train=False))
+    assert len(ds) == 4
+
+
+def test_prepare_synapse_skip_invalid_skips_a_broken_case(tmp_path):
+    raw, out = tmp_path / "raw" / "Training", tmp_path / "out"
+    (raw / "img").mkdir(parents=True)
+    (raw / "label").mkdir(parents=True)
+    hu = RNG.integers(-1000, 1000, (8, 7, 5)).astype(np.int16)
+    lab = RNG.integers(0, 14, (8, 7, 5)).astype(np.uint8)
+    for num in ("0005", "0030", "0034"):
+        nib.save(nib.Nifti1Image(hu, np.eye(4)), str(raw / "img" / f"img{num}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(raw / "label" / f"label{num}.nii.gz"))
+    nib.save(nib.Nifti1Image(lab[:4], np.eye(4)), str(raw / "label" / "label0034.nii.gz"))  # wrong shape
+    msgs = []
+    with pytest.raises(PrepareError, match="label shape") as info:
+        prepare_dataset("synapse", tmp_path / "raw", out, check_counts=False, progress=msgs.append)
+    # the lines and the error say what was written: two cases before the problem, no prepared.json
+    assert msgs == [
+        "case0005: checked and converted",
+        "case0030: checked and converted",
+        "case0034: checked, has a problem (not converted)",
+    ]
+    assert "2 case(s) converted before the first problem are kept" in str(info.value)
+    assert not (out / "prepared.json").exists()
+    msgs.clear()
+    prepare_dataset(
+        "synapse", tmp_path / "raw", out, check_counts=False, progress=msgs.append, skip_invalid=True
+    )
+    info = json.loads((out / "prepared.json").read_text())
+    assert sorted(info["slices"]) == ["case0005", "case0030"]
+    assert "label0034.nii.gz" in (out / "skipped.txt").read_text()
+    assert msgs[0] == "2 case(s) already prepared, skipped" and "case0034: checked, skipped" in msgs

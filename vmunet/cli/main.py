@@ -21,13 +21,14 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("demo", "train", "test", "segment", "evaluate", "prepare")
+SUBCOMMANDS = ("demo", "train", "test", "compare", "segment", "evaluate", "prepare")
 _MODULE_OF = {"test": "train"}
 
 EPILOG = """examples:
   vmunet demo --output demo_output          # train, evaluate and segment the bundled demo data
   vmunet train configs/isic17.yaml --output runs/isic17
   vmunet test configs/isic17.yaml --checkpoint runs/isic17/best.pt
+  vmunet compare demo --models vmunet_tiny,monai_basicunet_2d --output runs/compare
   vmunet segment scans/ --checkpoint best.pt --output masks/
   vmunet evaluate --pred masks/ --label labels/ --protocol standard
   vmunet prepare synapse --raw Abdomen/RawData --output data/synapse

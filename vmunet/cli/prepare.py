@@ -13,6 +13,9 @@ EPILOG = """examples:
 
 The raw folder is only read. Every problem of the download is listed in one pass;
 nothing is converted until there are none. Re-running skips what is done.
+With --skip-invalid, files with problems (e.g. a truncated JPEG) are skipped instead:
+every good pair is converted and each skipped file is listed with its reason, on the
+console and in OUTPUT/skipped.txt.
 """
 
 
@@ -35,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="do not compare image/case counts with the official numbers (for subsets)",
     )
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="convert every good pair, skip unreadable / invalid files and list them (OUTPUT/skipped.txt) "
+        "instead of stopping (default: strict)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         check_counts=not args.no_count_check,
         workers=args.workers,
         progress=lambda msg: print(msg, flush=True),
+        skip_invalid=args.skip_invalid,
     )
     print(f"done: {path}")
     return 0

@@ -4,6 +4,11 @@
 collects **all** problems (missing folders, counts that differ from the
 manifest, unpaired images or masks, unreadable files, bad mask values, shape
 mismatches) and reports them together; only a clean download is converted.
+With ``skip_invalid=True`` (``vmunet prepare --skip-invalid``) the problems of single
+files (an unreadable or truncated image, a bad mask, a pair without its partner) are
+not fatal: every good pair / case is converted, and every skipped file is listed with
+its reason (progress lines and ``<output>/skipped.txt``). Problems of the whole
+download (missing folders, wrong counts) stay fatal.
 The raw folder is never written to; every output goes through a temporary name
 and a rename; a second run skips the splits / cases that are already done.
 
@@ -17,7 +22,8 @@ Output layouts:
   (int16 HU clipped to [-125, 275] from the raw BTCV, or float32 in [0, 1]
   from TransUNet files), ``volumes/caseXXXX_label.npy`` (uint8, 8 organs), and
   ``volumes/caseXXXX_meta.json`` (spacing, affine).
-* ``prepared.json``: kind, settings, split lists, counts, slices per case.
+* ``prepared.json``: kind, settings, split lists, counts, slices per case, skipped files.
+* ``skipped.txt``: with ``skip_invalid``, one line per skipped file and why (none: not written).
 
 Example:
     >>> from vmunet.data.prepare import prepare_dataset
@@ -49,12 +55,14 @@ from vmunet.data.manifests import load_manifest, seeded_split, synapse_label_lut
 from vmunet.errors import InputFileError, VmunetUserError
 from vmunet.utils.io import atomic_path, atomic_write_text
 
-__all__ = ["prepare_dataset", "PrepareError", "PREPARE_KINDS"]
+__all__ = ["prepare_dataset", "PrepareError", "PREPARE_KINDS", "SKIPPED_FILE"]
 
 logger = logging.getLogger(__name__)
 
 PREPARE_KINDS = ("isic2017", "isic2018", "synapse")
 FORMAT_VERSION = 1
+#: With ``skip_invalid``, the skipped files and their reasons, one per line, in the output folder.
+SKIPPED_FILE = "skipped.txt"
 
 
 class PrepareError(VmunetUserError):
@@ -66,10 +74,16 @@ class PrepareError(VmunetUserError):
         2
     """
 
-    def __init__(self, raw: object, problems: list[str]) -> None:
+    def __init__(self, raw: object, problems: list[str], kept: int = 0) -> None:
         self.problems = list(problems)
         lines = "\n  - ".join(problems)
-        super().__init__(f"{raw}: {len(problems)} problem(s) found, nothing converted:\n  - {lines}")
+        done = (
+            f"prepared.json not written ({kept} case(s) converted before the first problem are kept "
+            "and reused by the next run)"
+            if kept
+            else "nothing converted"
+        )
+        super().__init__(f"{raw}: {len(problems)} problem(s) found, {done}:\n  - {lines}")
 
 
 def prepare_dataset(
@@ -81,6 +95,7 @@ def prepare_dataset(
     check_counts: bool = True,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    skip_invalid: bool = False,
 ) -> Path:
     """Check ``raw`` and convert it into ``output``; returns ``output/prepared.json``.
 
@@ -92,9 +107,13 @@ def prepare_dataset(
         check_counts: compare the numbers of images / cases with the manifest.
         workers: decoding threads (default: up to 4).
         progress: optional callback receiving one-line progress messages.
+        skip_invalid: convert every good pair (ISIC) or case (Synapse) and skip the files with
+            problems, listing each with its reason (progress lines, ``<output>/skipped.txt`` and
+            ``prepared.json``). Default: any problem stops the run before anything is written.
 
     Raises:
-        PrepareError: the download has problems (all listed).
+        PrepareError: the download has problems (all listed); with ``skip_invalid``, only
+            problems of the whole download, or a split left without any good pair.
         VmunetUserError: bad arguments (unknown kind, output inside raw, ...).
     """
     if kind not in PREPARE_KINDS:
@@ -109,14 +128,32 @@ def prepare_dataset(
     workers = workers or min(4, os.cpu_count() or 1)
     say = progress or (lambda msg: logger.info("%s", msg))
     if kind == "synapse":
-        return _prepare_synapse(raw_p, out_p, check_counts, say)
-    return _prepare_isic(kind, raw_p, out_p, size or 256, check_counts, workers, say)
+        return _prepare_synapse(raw_p, out_p, check_counts, say, skip_invalid)
+    return _prepare_isic(kind, raw_p, out_p, size or 256, check_counts, workers, say, skip_invalid)
+
+
+def _write_skipped(out: Path, skipped: list[str], say: Callable[[str], None]) -> None:
+    """List the skipped files on the console and in ``out/skipped.txt`` (removed when none)."""
+    path = out / SKIPPED_FILE
+    if not skipped:
+        if path.is_file():
+            path.unlink()
+        return
+    for line in skipped:
+        say(f"skipped {line}")
+    atomic_write_text(path, "\n".join(skipped) + "\n")
+    say(f"{len(skipped)} skipped file(s) listed in {path}")
 
 
 # --------------------------------------------------------------------------- ISIC
 
 
-def _isic_split_pairs(kind: str, raw: Path, problems: list[str]) -> dict[str, list[tuple[Path, Path, str]]]:
+def _isic_split_pairs(
+    kind: str, raw: Path, problems: list[str], unpaired: list[str] | None = None
+) -> dict[str, list[tuple[Path, Path, str]]]:
+    """Image/mask pairs per split; download-wide problems go to ``problems``, files without
+    their partner to ``unpaired`` (or to ``problems`` when it is ``None``)."""
+    unpaired = problems if unpaired is None else unpaired
     manifest = load_manifest(kind)
     out: dict[str, list[tuple[Path, Path, str]]] = {}
     if (raw / "train" / "images").is_dir():  # VM-UNet layout: folders are the split
@@ -159,10 +196,10 @@ def _isic_split_pairs(kind: str, raw: Path, problems: list[str]) -> dict[str, li
             c = case_name(img)
             m = by_case.pop(c, None)
             if m is None:
-                problems.append(f"{img}: no mask {c}_segmentation.png in {mask_dir}")
+                unpaired.append(f"{img}: no mask {c}_segmentation.png in {mask_dir}")
             else:
                 pairs.append((img, m, c))
-        problems += [f"{m}: mask without an image in {img_dir}" for m in by_case.values()]
+        unpaired += [f"{m}: mask without an image in {img_dir}" for m in by_case.values()]
         if not images:
             problems.append(f"{img_dir}: folder holds no images")
         out[split] = pairs
@@ -211,9 +248,12 @@ def _load_isic_pair(
     return image, label, []
 
 
-def _prepare_isic(kind: str, raw: Path, out: Path, size: int, check_counts: bool, workers: int, say) -> Path:
+def _prepare_isic(
+    kind: str, raw: Path, out: Path, size: int, check_counts: bool, workers: int, say, skip_invalid: bool
+) -> Path:
     problems: list[str] = []
-    splits = _isic_split_pairs(kind, raw, problems)
+    skipped: list[str] = []  # with skip_invalid: "file: reason" of every file left out
+    splits = _isic_split_pairs(kind, raw, problems, skipped if skip_invalid else None)
     manifest = load_manifest(kind)
     if check_counts:
         if kind == "isic2018":
@@ -232,10 +272,12 @@ def _prepare_isic(kind: str, raw: Path, out: Path, size: int, check_counts: bool
     todo = {}
     for s, pairs in splits.items():
         ids = [c for _, _, c in pairs]
+        prev_skipped = (previous or {}).get("skipped_cases", {}).get(s, []) if skip_invalid else []
         done = (
             previous is not None
             and previous.get("settings") == settings
-            and previous.get("splits", {}).get(s) == ids
+            and sorted(previous.get("splits", {}).get(s, []) + prev_skipped) == sorted(ids)
+            and (skip_invalid or not previous.get("skipped_cases", {}).get(s))
             and all((out / s / f).is_file() for f in ("images.npy", "labels.npy", "ids.json"))
         )
         if done:
@@ -244,27 +286,38 @@ def _prepare_isic(kind: str, raw: Path, out: Path, size: int, check_counts: bool
         else:
             todo[s] = pairs
     # Splits already done were checked when they were written; read and check the rest.
-    converted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    converted: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+    skipped_cases: dict[str, list[str]] = {
+        s: list((previous or {}).get("skipped_cases", {}).get(s, [])) for s in splits if s not in todo
+    }
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         for s, pairs in todo.items():
-            say(f"{s}: checking and converting {len(pairs)} pairs")
+            say(f"{s}: checking {len(pairs)} pairs")
             imgs = np.zeros((len(pairs), size, size, 3), np.uint8)
             labs = np.zeros((len(pairs), size, size), np.uint8)
+            good = np.zeros(len(pairs), bool)
             for i, (image, label, errs) in enumerate(
                 pool.map(lambda p: _load_isic_pair(p[0], p[1], size), pairs)
             ):
                 if errs:
-                    problems += errs
+                    (skipped if skip_invalid else problems).extend(errs)
                 else:
-                    imgs[i], labs[i] = image, label
-            converted[s] = (imgs, labs)
+                    imgs[i], labs[i], good[i] = image, label, True
+            if skip_invalid and not good.any() and pairs:
+                problems.append(f"{raw}: split {s} has no valid pair left ({len(pairs)} skipped)")
+            ids = [c for (_, _, c), g in zip(pairs, good) if g]
+            skipped_cases[s] = [c for (_, _, c), g in zip(pairs, good) if not g]
+            converted[s] = (imgs[good], labs[good], ids)
     if problems:
         raise PrepareError(raw, problems)
-    for s, (imgs, labs) in converted.items():
+    for s, (imgs, labs, ids) in converted.items():
         _save_npy(out / s / "images.npy", imgs)
         _save_npy(out / s / "labels.npy", labs)
-        atomic_write_text(out / s / "ids.json", json.dumps([c for _, _, c in todo[s]]) + "\n")
-        results[s] = "converted"
+        atomic_write_text(out / s / "ids.json", json.dumps(ids) + "\n")
+        n_skip = len(skipped_cases[s])
+        results[s] = f"converted {len(ids)}" + (f", skipped {n_skip}" if n_skip else "")
+        say(f"{s}: {results[s]}")
+    final = {s: converted[s][2] if s in converted else list(previous["splits"][s]) for s in splits}
     info = {
         "kind": kind,
         "format_version": FORMAT_VERSION,
@@ -272,20 +325,27 @@ def _prepare_isic(kind: str, raw: Path, out: Path, size: int, check_counts: bool
         "source": str(raw),
         "manifest": manifest["name"],
         "rule": manifest["rule"],
-        "counts": {s: len(p) for s, p in splits.items()},
-        "splits": {s: [c for _, _, c in p] for s, p in splits.items()},
+        "counts": {s: len(ids) for s, ids in final.items()},
+        "splits": final,
+        "skipped_cases": {s: c for s, c in skipped_cases.items() if c},
+        "skipped": skipped,
         "intensity": "uint8",
         "labels": {"0": "background", "1": "lesion"},
     }
     atomic_write_text(out / "prepared.json", json.dumps(info, indent=1) + "\n")
-    say(f"prepared {kind} in {out}: " + ", ".join(f"{s} {len(p)} ({results[s]})" for s, p in splits.items()))
+    if skip_invalid or todo:
+        _write_skipped(out, skipped, say)
+    say(
+        f"prepared {kind} in {out}: "
+        + ", ".join(f"{s} {len(ids)} ({results[s]})" for s, ids in final.items())
+    )
     return out / "prepared.json"
 
 
 # --------------------------------------------------------------------------- Synapse
 
 
-def _prepare_synapse(raw: Path, out: Path, check_counts: bool, say) -> Path:
+def _prepare_synapse(raw: Path, out: Path, check_counts: bool, say, skip_invalid: bool = False) -> Path:
     manifest = load_manifest("synapse")
     cases = sorted(manifest["train"] + manifest["test"])
     problems: list[str] = []
@@ -335,17 +395,19 @@ def _prepare_synapse(raw: Path, out: Path, check_counts: bool, say) -> Path:
         raise VmunetUserError(
             f"prepare: {out} holds a Synapse layout prepared from another source; use a new --output"
         )
+    skipped: list[str] = []
     for c in todo:
-        say(f"{c}: checking and converting")
         try:
             if layout == "raw":
                 image, label, spacing, affine = _read_btcv_case(base, c, lut)  # type: ignore[arg-type]
             else:
                 image, label, spacing, affine = _read_transunet_case(raw, c)
         except InputFileError as exc:
-            problems.append(str(exc))
+            (skipped if skip_invalid else problems).append(str(exc))
+            say(f"{c}: checked, " + ("skipped" if skip_invalid else "has a problem (not converted)"))
             continue
         if problems:
+            say(f"{c}: checked (not converted: problems found above)")
             continue  # keep checking, but write nothing once something is wrong
         _save_npy(vol_dir / f"{c}_image.npy", np.ascontiguousarray(np.moveaxis(image, -1, 0)))
         _save_npy(vol_dir / f"{c}_label.npy", np.ascontiguousarray(np.moveaxis(label, -1, 0)))
@@ -359,8 +421,11 @@ def _prepare_synapse(raw: Path, out: Path, check_counts: bool, say) -> Path:
         }
         atomic_write_text(vol_dir / f"{c}_meta.json", json.dumps(meta) + "\n")
         slices[c] = int(image.shape[2])
+        say(f"{c}: checked and converted")
+    if skip_invalid and not slices and not problems:
+        problems.append(f"{raw}: no valid case left ({len(skipped)} skipped)")
     if problems:
-        raise PrepareError(raw, problems)
+        raise PrepareError(raw, problems, kept=len([c for c in todo if c in slices]))
     info = {
         "kind": "synapse",
         "format_version": FORMAT_VERSION,
@@ -371,8 +436,11 @@ def _prepare_synapse(raw: Path, out: Path, check_counts: bool, say) -> Path:
         "splits": {s: [c for c in manifest[s] if c in slices] for s in ("train", "val", "test")},
         "slices": slices,
         "class_names": manifest["class_names"],
+        "skipped": skipped,
     }
     atomic_write_text(out / "prepared.json", json.dumps(info, indent=1) + "\n")
+    if skip_invalid or todo:
+        _write_skipped(out, skipped, say)
     say(f"prepared synapse ({layout}) in {out}: {len(slices)} cases, {sum(slices.values())} slices")
     return out / "prepared.json"
 

@@ -1,4 +1,10 @@
-"""Reading, loading and writing model checkpoints.
+"""Building models with weights; reading, loading and writing model checkpoints.
+
+The registry (:mod:`vmunet.models.registry`) is a leaf that knows names and builders; this
+module builds with weights (:func:`create_model`) and does all the loading. Each model family
+brings its own checkpoint filter: :func:`vmunet.models.vmunet.checkpoint_filter_fn` for VM-UNet,
+:func:`vmunet.models.baselines.checkpoint_filter_fn` for the MONAI baselines (which load only
+this package's checkpoints or their own state dicts: they have no pretrained weights).
 
 Three kinds of checkpoint load into a :class:`~vmunet.models.VMUNet`, all through
 :func:`~vmunet.models.vmunet.checkpoint_filter_fn` (rename keys, check every shape):
@@ -33,7 +39,12 @@ from torch import nn
 from vmunet.errors import InputFileError
 from vmunet.utils.io import atomic_path
 
+from . import baselines
+from . import vmunet as _vmunet
+from .registry import get_model_builder, list_models
+
 __all__ = [
+    "create_model",
     "LoadReport",
     "CheckpointMismatchError",
     "read_checkpoint",
@@ -153,14 +164,12 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
 def describe_checkpoint(ckpt: dict[str, Any]) -> str:
     """What a loaded checkpoint dict looks like: ``vmunet``, ``VM-UNet (public)``, ``VMamba (ImageNet)``..."""
-    from .vmunet import _strip_prefixes, _unwrap, is_vmamba_encoder_checkpoint
-
     if ckpt.get("format") == CHECKPOINT_FORMAT:
         return "vmunet"
-    sd = _unwrap(ckpt)
+    sd = _vmunet._unwrap(ckpt)
     if sd and all(str(k).startswith(("vmunet.", "module.vmunet.")) for k in sd):
         return "VM-UNet (public)"
-    if is_vmamba_encoder_checkpoint(_strip_prefixes(sd)):
+    if _vmunet.is_vmamba_encoder_checkpoint(_vmunet._strip_prefixes(sd)):
         return "VMamba (ImageNet)"
     return "state dict"
 
@@ -203,15 +212,23 @@ def load_checkpoint(
         >>> load_checkpoint(dst, src.state_dict(), strict=True).complete
         True
     """
-    from .vmunet import checkpoint_filter_fn
-
     if isinstance(path_or_state_dict, dict):
         source, ckpt = "<state dict>", path_or_state_dict
     else:
         source, ckpt = str(path_or_state_dict), read_checkpoint(path_or_state_dict, map_location)
     net = _unwrap_module(model)
     report = LoadReport(source=source, kind=describe_checkpoint(ckpt))
-    filtered = checkpoint_filter_fn(ckpt, net, skipped=report.skipped, adapted=report.adapted)
+    if isinstance(net, baselines.MonaiBaseline):
+        if report.kind in ("VM-UNet (public)", "VMamba (ImageNet)"):
+            raise InputFileError(
+                source,
+                f"a {report.kind} checkpoint cannot initialise the MONAI baseline {net.arch}: the "
+                "baselines have no pretrained weights (leave model.pretrained empty for them)",
+            )
+        filter_fn = baselines.checkpoint_filter_fn
+    else:
+        filter_fn = _vmunet.checkpoint_filter_fn
+    filtered = filter_fn(ckpt, net, skipped=report.skipped, adapted=report.adapted)
     target = net.state_dict()
     report.loaded = [k for k in target if k in filtered]
     report.missing = [k for k in target if k not in filtered]
@@ -330,8 +347,6 @@ def build_model_from_checkpoint(
         >>> ckpt["inference"]["activation"]  # doctest: +SKIP
         'sigmoid'
     """
-    from .registry import create_model, list_models
-
     if isinstance(path_or_dict, dict):
         source, ckpt = "<checkpoint dict>", path_or_dict
     else:
@@ -363,3 +378,37 @@ def build_model_from_checkpoint(
         raise InputFileError(source, exc.reason) from exc
     model.eval()
     return model, ckpt
+
+
+def create_model(
+    name: str,
+    checkpoint: str | os.PathLike[str] | dict[str, Any] | None = None,
+    strict: bool = False,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model, optionally loading weights.
+
+    Args:
+        name: a registered name (:func:`vmunet.models.list_models`): ``"vmunet_small"``, or a MONAI
+            baseline such as ``"monai_basicunet_2d"`` (:mod:`vmunet.models.baselines`).
+        checkpoint: a path or an in-memory checkpoint / state dict: this package's own
+            checkpoints; for VM-UNet also the public VM-UNet's, or a VMamba ImageNet checkpoint
+            (encoder, mirrored into the decoder). See :func:`load_checkpoint`.
+        strict: make any skipped or missing tensor an error.
+        **overrides: constructor arguments (``in_channels``, ``out_channels``, ``depths``, ...).
+
+    Returns:
+        The model (in training mode, as ``nn.Module`` constructors leave it).
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones) or a bad argument.
+
+    Example:
+        >>> model = create_model("vmunet_tiny", in_channels=3, out_channels=1)
+        >>> model.out_channels
+        1
+    """
+    model = get_model_builder(name)(**overrides)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=strict)
+    return model

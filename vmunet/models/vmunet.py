@@ -51,6 +51,25 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+_INSTANCE_NORM: dict[int, type[nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+
+
+def _conv_block(
+    spatial_dims: int, in_channels: int, out_channels: int, mid_channels: int | None = None
+) -> nn.Sequential:
+    """3x3(x3) conv, InstanceNorm, LeakyReLU, once (twice with ``mid_channels``): the full-res path."""
+    layers: list[nn.Module] = []
+    for cin, cout in ((in_channels, mid_channels), (mid_channels or in_channels, out_channels)):
+        if cout is None:
+            continue
+        layers += [
+            CONV[spatial_dims](cin, cout, kernel_size=3, padding=1),
+            _INSTANCE_NORM[spatial_dims](cout, affine=True),
+            nn.LeakyReLU(0.1, inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
 class VMUNet(nn.Module):
     """VM-UNet: a U-shaped network of visual state-space (VSS) blocks, for 2-D or 3-D segmentation.
 
@@ -105,6 +124,13 @@ class VMUNet(nn.Module):
         scan_directions: scan orders K of every SS block: 4 in 2-D; 6 (each axis in turn the
             fastest, forward and reversed) or 2 (the memory order, forward and reversed; a third
             of the scan cost) in 3-D. ``None`` = 4 / 6.
+        full_res_skip: channels of an optional full-resolution convolutional skip path (0, the
+            default, is the public architecture). When > 0, two 3x3 (3x3x3 in 3-D) conv layers on
+            the input image give a full-resolution feature that is concatenated with the final patch
+            expansion's output and fused by one more conv before the 1x1 head: the head then sees
+            pixel-level detail that the patch-``patch_size`` token grid cannot carry (without it
+            contours follow a ``patch_size``-pixel staircase on small images). See
+            benchmarks/RESULTS.md, "Demo ablation".
 
     Attributes:
         size_divisors: per axis, what every input size must be a multiple of (patch side times
@@ -156,6 +182,7 @@ class VMUNet(nn.Module):
         scan_backend: str | None = None,
         patch_size: int | Sequence[int] | None = None,
         scan_directions: int | None = None,
+        full_res_skip: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
@@ -189,6 +216,7 @@ class VMUNet(nn.Module):
             if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
         self._check_backend(scan_backend)
+        _check_int("full_res_skip", full_res_skip, 0)
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -221,6 +249,7 @@ class VMUNet(nn.Module):
             "scan_backend": scan_backend,
             "patch_size": patch[0] if len(set(patch)) == 1 else list(patch),
             "scan_directions": k_dirs,
+            "full_res_skip": full_res_skip,
         }
 
         block_kwargs = {
@@ -265,7 +294,13 @@ class VMUNet(nn.Module):
                 )
             )
         self.final_up = FinalPatchExpand(dims_decoder[-1], spatial_dims, dim_scale=patch)
-        self.final_conv = CONV[spatial_dims](self.final_up.out_dim, out_channels, kernel_size=1)
+        head_in = self.final_up.out_dim
+        self.full_res_skip = full_res_skip
+        if full_res_skip:
+            self.skip_stem = _conv_block(spatial_dims, in_channels, full_res_skip, full_res_skip)
+            self.skip_fuse = _conv_block(spatial_dims, head_in + full_res_skip, full_res_skip)
+            head_in = full_res_skip
+        self.final_conv = CONV[spatial_dims](head_in, out_channels, kernel_size=1)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -419,10 +454,13 @@ class VMUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *S) -> (B, out_channels, *S)`` logits; S multiples of ``size_divisors``."""
         self.check_input(x)
+        image = x
         x, skips = self.forward_features(x)
         x = self.forward_features_up(x, skips)
         x = self.final_up(x)
         x = x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+        if self.full_res_skip:
+            x = self.skip_fuse(torch.cat([x, self.skip_stem(image)], dim=1))
         return self.final_conv(x)
 
 

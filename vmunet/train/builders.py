@@ -80,7 +80,13 @@ def build_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
         )
         arch = {"name": m.name, "kwargs": arch_kwargs}
         if m.pretrained:
-            from vmunet.models import load_checkpoint
+            from vmunet.models import MonaiBaseline, load_checkpoint
+
+            if isinstance(model, MonaiBaseline):
+                raise ConfigError(
+                    f"key 'model.pretrained': {m.name} is a MONAI baseline trained from scratch; it has "
+                    "no VMamba / VM-UNet pretrained weights (set model.pretrained: null)"
+                )
 
             report = load_checkpoint(model, m.pretrained)
             logger.info("initialised from %s: %s", m.pretrained, report)
