@@ -117,7 +117,7 @@ class VMUNet(nn.Module):
         drop_path_rate: stochastic depth, rising linearly over the encoder blocks from 0 and
             mirrored over the decoder blocks.
         use_checkpoint: gradient checkpointing of the VSS blocks while training.
-        scan_backend: selective-scan backend (``"cuda"``, ``"cpu"``, ``"torch"``,
+        scan_backend: selective-scan backend (``"triton"``, ``"cuda"``, ``"cpu"``, ``"torch"``,
             ``"reference"``; ``None`` = automatic, see :func:`vmunet.ops.resolve_backend`).
         patch_size: side(s) of the patch embedding, one int or one per axis; ``None`` = 4 in 2-D
             (the public architecture) and ``(4, 4, 2)`` in 3-D (see above).
@@ -371,7 +371,7 @@ class VMUNet(nn.Module):
         from vmunet import ops
 
         known = ops.available_backends() if hasattr(ops, "available_backends") else []
-        names = getattr(ops, "BACKENDS", None) or ("cuda", "cpu", "torch", "reference")
+        names = ops.BACKENDS
         if scan_backend not in names:
             raise ValueError(
                 f"scan_backend must be None (automatic) or one of {sorted(names)}, got {scan_backend!r}"
