@@ -29,9 +29,9 @@ def test_compare_cli_trains_each_model_and_writes_table_and_plot(tmp_path, capsy
         assert r["error"] == ""
         assert int(r["epochs"]) == 1  # equal epochs, from --epochs
         assert 0.0 <= float(r["test_dice"]) <= 1.0
-        assert (
-            float(r["seconds_per_epoch"]) > 0 and float(r["peak_memory_mb"]) > float(r["rss_before_mb"]) > 0
-        )
+        # a high-water mark: the import peak may already exceed what one tiny epoch adds
+        assert float(r["seconds_per_epoch"]) > 0
+        assert float(r["peak_memory_mb"]) >= float(r["rss_before_mb"]) > 0
         assert r["memory_kind"] == "peak RSS of the model's process"
     # parameters are those of the models each run built (independently counted here)
     import vmunet
