@@ -73,7 +73,7 @@ def test_overrides_reach_the_constructor():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"spatial_dims": 3}, r"spatial_dims must be 2.*only the 2-D"),
+        ({"spatial_dims": 4}, r"spatial_dims must be 2 \(images\) or 3 \(volumes\), got 4"),
         ({"in_channels": 0}, r"in_channels must be an integer >= 1"),
         ({"out_channels": 2.5}, r"out_channels must be an integer >= 1"),
         ({"depths": (1, 1, 1)}, r"depths_decoder must have as many stages as depths \(3\)"),

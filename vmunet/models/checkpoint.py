@@ -228,8 +228,9 @@ def load_checkpoint(
 
 def _default_inference(net: nn.Module) -> dict[str, Any]:
     out_channels = int(getattr(net, "out_channels", 1))
-    return {
-        "spatial_dims": int(getattr(net, "spatial_dims", 2)),
+    spatial_dims = int(getattr(net, "spatial_dims", 2))
+    out: dict[str, Any] = {
+        "spatial_dims": spatial_dims,
         "in_channels": int(getattr(net, "in_channels", 3)),
         "out_channels": out_channels,
         "input_size": [256, 256],
@@ -238,6 +239,13 @@ def _default_inference(net: nn.Module) -> dict[str, Any]:
         "class_names": ["foreground"] if out_channels == 1 else [f"class_{i}" for i in range(out_channels)],
         "activation": "sigmoid" if out_channels == 1 else "softmax",
     }
+    if spatial_dims == 3:
+        # volumes: sliding-window inference over ROIs of the variant's input size (96^3 for the
+        # BTCV recipes), never a resize; "spacing" (3 floats, mm, X/Y/Z) is the grid the model was
+        # trained on, which only the trainer knows: None here means "the volume's own grid"
+        cfg_size = getattr(net, "pretrained_cfg", {}).get("input_size", (1, 96, 96, 96))
+        out.update({"input_size": [int(v) for v in cfg_size[1:]], "resize": False, "spacing": None})
+    return out
 
 
 def save_checkpoint(
@@ -257,7 +265,9 @@ def save_checkpoint(
         arch_kwargs: all constructor arguments; ``None`` takes them from ``model.config`` (without
             ``scan_backend``, a choice of the machine that runs it, not of the architecture).
         inference: how to run it (see docs/contracts.md); missing entries are filled from the model
-            (sigmoid for one output channel, else softmax; 256x256; resize; no normalisation).
+            (sigmoid for one output channel, else softmax; 256x256; resize; no normalisation; for a
+            3-D model: ``spatial_dims`` 3, the variant's ROI as ``input_size`` (3 ints), no resize,
+            ``spacing`` None).
         **extra: training state to keep alongside (optimizer, scheduler, epoch, config, metrics...).
 
     Returns:

@@ -12,6 +12,7 @@ loads after dropping its ``vmunet.`` prefix, and gives the same logits.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vmunet.nn import FinalPatchExpand2D, PatchEmbed2D, VSSStage, VSSUpStage
+from vmunet.nn import SCAN_DIRECTIONS, FinalPatchExpand, PatchEmbed, VSSStage, VSSUpStage
+from vmunet.nn.patch import CONV
 
 from .registry import register_model
 
@@ -30,11 +32,17 @@ __all__ = [
     "vmunet_small",
     "vmunet_base",
     "vmunet_tiny",
+    "vmunet3d_small",
+    "vmunet3d_tiny",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: The public (2-D) patch size.
 PATCH_SIZE = 4
+#: The default 3-D patch, (H, W, D) = in-plane 4 x 4, through-plane 2 (see :class:`VMUNet`).
+PATCH_SIZE_3D = (4, 4, 2)
+_AXIS_NAMES = ("height", "width", "depth")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -44,18 +52,34 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 
 class VMUNet(nn.Module):
-    """VM-UNet: a U-shaped network of visual state-space (VSS) blocks, for 2-D segmentation.
+    """VM-UNet: a U-shaped network of visual state-space (VSS) blocks, for 2-D or 3-D segmentation.
 
     Patch embedding (4x4 conv, stride 4, LayerNorm) -> encoder stages of VSS blocks with patch
     merging after all but the last -> decoder stages of VSS blocks; each decoder stage after
     the first adds the encoder feature of the same resolution (additive skip) and then patch-
     expands x2 -> final patch expand x4 -> 1x1 convolution. Returns logits (never a sigmoid).
 
+    ``spatial_dims=3`` builds the same network one dimension up: a Conv3d patch embedding,
+    2x2x2 patch merging (8C -> 2C) and expanding, a depthwise Conv3d in every block, the SS3D
+    scan over six (or two) flattened orders of the token grid (:func:`vmunet.ops.cross_scan_3d`),
+    a final expansion by the patch size on each axis and a 1x1x1 convolution. Volumes are
+    ``(B, C, H, W, D)``: MONAI's axis order, the one ``LoadImage`` / :func:`vmunet.data.read_image`
+    give (X, Y, Z; the slice axis last).
+
+    The default 3-D patch is ``(4, 4, 2)``: half as long through-plane as in-plane. CT is
+    anisotropic (in-plane pixels ~0.7-1.5 mm, slices 2-5 mm apart); even after resampling to the
+    BTCV recipe's 1.5 x 1.5 x 2.0 mm, a (4, 4, 2) patch covers 6 x 6 x 4 mm, close to a cube,
+    where 4 x 4 x 4 would cover 6 x 6 x 8 mm and blur organ boundaries between slices. It also
+    keeps the first stage long enough to be worth scanning: a 96^3 ROI gives a 24 x 24 x 48 grid
+    (27,648 tokens) instead of 24^3 (13,824). Every later stage merges 2x2x2, so the size
+    divisors are (32, 32, 16) for four stages.
+
     Based on: Ruan J., Xiang S., "VM-UNet: Vision Mamba UNet for Medical Image Segmentation",
     arXiv:2402.02491 (2024); reference code JCruan519/VM-UNet.
 
     Args:
-        spatial_dims: number of spatial dimensions; only 2 exists for now.
+        spatial_dims: number of spatial dimensions, 2 (images ``(B, C, H, W)``) or 3 (volumes
+            ``(B, C, H, W, D)``).
         in_channels: input image channels (any; a 3-channel checkpoint loads into 1 channel by
             summing the patch-embedding weights, see :func:`vmunet.models.load_checkpoint`).
         out_channels: output channels (logits): 1 for binary (sigmoid), else classes (softmax).
@@ -76,6 +100,17 @@ class VMUNet(nn.Module):
         use_checkpoint: gradient checkpointing of the VSS blocks while training.
         scan_backend: selective-scan backend (``"cuda"``, ``"cpu"``, ``"torch"``,
             ``"reference"``; ``None`` = automatic, see :func:`vmunet.ops.resolve_backend`).
+        patch_size: side(s) of the patch embedding, one int or one per axis; ``None`` = 4 in 2-D
+            (the public architecture) and ``(4, 4, 2)`` in 3-D (see above).
+        scan_directions: scan orders K of every SS block: 4 in 2-D; 6 (each axis in turn the
+            fastest, forward and reversed) or 2 (the memory order, forward and reversed; a third
+            of the scan cost) in 3-D. ``None`` = 4 / 6.
+
+    Attributes:
+        size_divisors: per axis, what every input size must be a multiple of (patch side times
+            2 ** (stages - 1)); e.g. (32, 32) in 2-D, (32, 32, 16) for the default 3-D patch.
+        size_divisor: one int every axis may be a multiple of (the lcm of ``size_divisors``;
+            32 in both cases above).
 
     Raises:
         ValueError: an argument outside its allowed values (the message names it).
@@ -92,6 +127,14 @@ class VMUNet(nn.Module):
         ...              depths_decoder=(1, 1, 1, 1), d_state=4)
         >>> net(torch.randn(2, 1, 64, 64)).shape
         torch.Size([2, 9, 64, 64])
+
+        # a small 3-D network for CT volumes (B, C, H, W, D)
+        >>> net = VMUNet(spatial_dims=3, in_channels=1, out_channels=9, dims=8, depths=(1, 1, 1, 1),
+        ...              depths_decoder=(1, 1, 1, 1), d_state=2, scan_directions=2)
+        >>> net.size_divisors
+        (32, 32, 16)
+        >>> net(torch.randn(1, 1, 32, 32, 16)).shape
+        torch.Size([1, 9, 32, 32, 16])
     """
 
     def __init__(
@@ -111,16 +154,25 @@ class VMUNet(nn.Module):
         drop_path_rate: float = 0.2,
         use_checkpoint: bool = False,
         scan_backend: str | None = None,
+        patch_size: int | Sequence[int] | None = None,
+        scan_directions: int | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(
-                f"spatial_dims must be 2, got {spatial_dims!r}: only the 2-D VM-UNet exists for now "
-                "(segment volumes slice by slice)"
-            )
+        if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims!r}")
         _check_int("in_channels", in_channels, 1)
         _check_int("out_channels", out_channels, 1)
-        depths, depths_decoder, dims = self._check_layout(depths, depths_decoder, dims)
+        patch = self._check_patch_size(patch_size, spatial_dims)
+        allowed_k = SCAN_DIRECTIONS[spatial_dims]
+        if scan_directions is not None and (
+            isinstance(scan_directions, bool) or scan_directions not in allowed_k
+        ):
+            raise ValueError(
+                f"scan_directions must be None or one of {allowed_k} for spatial_dims={spatial_dims}, "
+                f"got {scan_directions!r}"
+            )
+        k_dirs = allowed_k[0] if scan_directions is None else int(scan_directions)
+        depths, depths_decoder, dims = self._check_layout(depths, depths_decoder, dims, max(patch))
         _check_int("d_state", d_state, 1)
         _check_int("d_conv", d_conv, 1)
         if d_conv % 2 == 0:
@@ -145,8 +197,12 @@ class VMUNet(nn.Module):
         self.depths_decoder = depths_decoder
         self.dims = dims
         self.num_layers = len(depths)
-        #: H and W must be multiples of this (patch size times the three 2x downsamplings).
-        self.size_divisor = PATCH_SIZE * 2 ** (self.num_layers - 1)
+        self.patch_size = patch
+        self.scan_directions = k_dirs
+        #: per axis: sizes must be multiples of this (the patch side times the 2x downsamplings)
+        self.size_divisors = tuple(p * 2 ** (self.num_layers - 1) for p in patch)
+        #: one int all axes may be multiples of (the public 2-D value: 32)
+        self.size_divisor = math.lcm(*self.size_divisors)
         self.config: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "in_channels": in_channels,
@@ -163,6 +219,8 @@ class VMUNet(nn.Module):
             "drop_path_rate": drop_path_rate,
             "use_checkpoint": use_checkpoint,
             "scan_backend": scan_backend,
+            "patch_size": patch[0] if len(set(patch)) == 1 else list(patch),
+            "scan_directions": k_dirs,
         }
 
         block_kwargs = {
@@ -172,9 +230,10 @@ class VMUNet(nn.Module):
             "d_conv": d_conv,
             "attn_drop_rate": attn_drop_rate,
             "scan_backend": scan_backend,
+            "scan_directions": k_dirs,
         }
         dims_decoder = dims[::-1]
-        self.patch_embed = PatchEmbed2D(PATCH_SIZE, in_channels, dims[0])
+        self.patch_embed = PatchEmbed(spatial_dims, patch, in_channels, dims[0])
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         # device="cpu": also right under a ``torch.device("meta")`` context
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -188,6 +247,7 @@ class VMUNet(nn.Module):
                     drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
                     downsample=i < self.num_layers - 1,
                     use_checkpoint=use_checkpoint,
+                    spatial_dims=spatial_dims,
                     **block_kwargs,
                 )
             )
@@ -200,16 +260,39 @@ class VMUNet(nn.Module):
                     drop_path=dpr_decoder[sum(depths_decoder[:i]) : sum(depths_decoder[: i + 1])],
                     upsample=i > 0,
                     use_checkpoint=use_checkpoint,
+                    spatial_dims=spatial_dims,
                     **block_kwargs,
                 )
             )
-        self.final_up = FinalPatchExpand2D(dims_decoder[-1], dim_scale=PATCH_SIZE)
-        self.final_conv = nn.Conv2d(dims_decoder[-1] // PATCH_SIZE, out_channels, kernel_size=1)
+        self.final_up = FinalPatchExpand(dims_decoder[-1], spatial_dims, dim_scale=patch)
+        self.final_conv = CONV[spatial_dims](self.final_up.out_dim, out_channels, kernel_size=1)
         self.apply(self._init_weights)
 
     @staticmethod
+    def _check_patch_size(patch_size: int | Sequence[int] | None, spatial_dims: int) -> tuple[int, ...]:
+        if patch_size is None:
+            return (PATCH_SIZE,) * 2 if spatial_dims == 2 else PATCH_SIZE_3D
+        if isinstance(patch_size, int) and not isinstance(patch_size, bool):
+            patch = (patch_size,) * spatial_dims
+        elif isinstance(patch_size, Sequence) and not isinstance(patch_size, (str, bytes)):
+            patch = tuple(patch_size)
+        else:
+            patch = ()
+        if len(patch) != spatial_dims or not all(
+            isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in patch
+        ):
+            raise ValueError(
+                f"patch_size must be None, an integer >= 1 or {spatial_dims} integers >= 1 (one per axis), "
+                f"got {patch_size!r}"
+            )
+        return patch
+
+    @staticmethod
     def _check_layout(
-        depths: Sequence[int], depths_decoder: Sequence[int], dims: int | Sequence[int]
+        depths: Sequence[int],
+        depths_decoder: Sequence[int],
+        dims: int | Sequence[int],
+        multiple: int = PATCH_SIZE,
     ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         for name, seq in (("depths", depths), ("depths_decoder", depths_decoder)):
             if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or len(seq) == 0:
@@ -224,15 +307,20 @@ class VMUNet(nn.Module):
             )
         n = len(depths)
         if isinstance(dims, int) and not isinstance(dims, bool):
-            if dims < PATCH_SIZE or dims % PATCH_SIZE:
-                raise ValueError(f"dims must be a positive multiple of {PATCH_SIZE}, got {dims}")
+            if dims < multiple or dims % multiple:
+                raise ValueError(
+                    f"dims must be a positive multiple of {multiple} (the largest patch side), got {dims}"
+                )
             dims = [dims * 2**i for i in range(n)]
         elif isinstance(dims, Sequence) and not isinstance(dims, (str, bytes)):
             dims = list(dims)
             if len(dims) != n or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
                 raise ValueError(f"dims must be an int or {n} integers (one per stage), got {dims!r}")
-            if dims[0] < PATCH_SIZE or dims[0] % PATCH_SIZE:
-                raise ValueError(f"dims[0] must be a positive multiple of {PATCH_SIZE}, got {dims[0]}")
+            if dims[0] < multiple or dims[0] % multiple:
+                raise ValueError(
+                    f"dims[0] must be a positive multiple of {multiple} (the largest patch side), "
+                    f"got {dims[0]}"
+                )
             if any(dims[i + 1] != 2 * dims[i] for i in range(n - 1)):
                 raise ValueError(
                     f"dims must double from stage to stage (patch merging maps C to 2C), got {dims!r}"
@@ -282,18 +370,28 @@ class VMUNet(nn.Module):
         return {"A_logs", "Ds"}
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, H, W)`` with H, W multiples of 32."""
-        if x.dim() != 4:
+        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, *spatial)`` fitting ``size_divisors``."""
+        n = self.spatial_dims
+        if x.dim() != n + 2:
+            axes = ", ".join(_AXIS_NAMES[:n])
+            hint = (
+                " (a 3-D model takes volumes; segment 2-D images with a 2-D model)"
+                if n == 3 and x.dim() == 4
+                else " (a 2-D model takes images; volumes go slice by slice)"
+                if n == 2 and x.dim() == 5
+                else ""
+            )
             raise ValueError(
-                f"VMUNet expects a 4-D input (batch, channels, height, width), got shape {tuple(x.shape)}"
+                f"VMUNet(spatial_dims={n}) expects a {n + 2}-D input (batch, channels, {axes}), "
+                f"got shape {tuple(x.shape)}{hint}"
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"input has {x.shape[1]} channel(s) (dim 1 of shape {tuple(x.shape)}), "
                 f"the model was built with in_channels={self.in_channels}"
             )
-        k = self.size_divisor
-        for axis, name in ((2, "height"), (3, "width")):
+        for i, (k, name) in enumerate(zip(self.size_divisors, _AXIS_NAMES)):
+            axis = 2 + i
             size = int(x.shape[axis])
             if size % k or size == 0:
                 below, above = (size // k) * k, (size // k + 1) * k
@@ -319,11 +417,12 @@ class VMUNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, H, W) -> (B, out_channels, H, W)`` logits; H, W multiples of 32."""
+        """``(B, in_channels, *S) -> (B, out_channels, *S)`` logits; S multiples of ``size_divisors``."""
         self.check_input(x)
         x, skips = self.forward_features(x)
         x = self.forward_features_up(x, skips)
-        x = self.final_up(x).permute(0, 3, 1, 2)
+        x = self.final_up(x)
+        x = x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
         return self.final_conv(x)
 
 
@@ -486,16 +585,33 @@ def checkpoint_filter_fn(
 
 # --------------------------------------------------------------------------- default configs
 
+#: Parameters of ``vmunet3d_small(in_channels=1, out_channels=9)`` (tests/models check it).
+VMUNET3D_SMALL_PARAMS = 4_554_945
+
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "paper": "arXiv:2402.02491",
+        "spatial_dims": 2,
         "input_size": (3, 256, 256),
         "size_divisor": 32,
         "num_classes": 1,
         "url": None,  # no weights are downloaded; pass checkpoint=PATH to create_model
         **kwargs,
     }
+
+
+def _cfg3d(**kwargs: Any) -> dict[str, Any]:
+    # the UNETR / SwinUNETR BTCV protocol: 96^3 ROIs at 1.5 x 1.5 x 2.0 mm, 13 organs + background
+    base = {
+        "spatial_dims": 3,
+        "input_size": (1, 96, 96, 96),
+        "size_divisor": 32,
+        "size_divisors": (32, 32, 16),
+        "spacing": (1.5, 1.5, 2.0),
+        "num_classes": 9,
+    }
+    return _cfg(**{**base, **kwargs})
 
 
 default_cfgs: dict[str, dict[str, Any]] = {
@@ -506,6 +622,14 @@ default_cfgs: dict[str, dict[str, Any]] = {
     ),
     "vmunet_base": _cfg(notes="the default of the public VMUNet class", num_params=44_273_833),
     "vmunet_tiny": _cfg(notes="tiny, random weights: tests and smoke runs only", input_size=(3, 64, 64)),
+    "vmunet3d_small": _cfg3d(
+        notes="native 3-D VM-UNet sized against MONAI's SwinUNETR(feature_size=48) on 96^3 CT patches "
+        "(benchmarks/model3d.py); random weights",
+        num_params=VMUNET3D_SMALL_PARAMS,
+    ),
+    "vmunet3d_tiny": _cfg3d(
+        notes="tiny 3-D, random weights: tests and smoke runs only", input_size=(1, 32, 32, 32)
+    ),
 }
 
 
@@ -533,6 +657,28 @@ def vmunet_base(**kwargs: Any) -> VMUNet:
 
 
 @register_model
+def vmunet3d_small(**kwargs: Any) -> VMUNet:
+    """The native 3-D VM-UNet: depths (2, 2, 2, 2), decoder (2, 2, 2, 1), dims 32, patch (4, 4, 2), K = 6.
+
+    4,554,945 parameters (4.6 M) at 1 channel in and 9 out.
+
+    Volumes ``(B, C, H, W, D)``, sizes multiples of (32, 32, 16); 1 channel in and 9 classes out by
+    default (the BTCV / Synapse 8 organs and background).
+    """
+    args: dict[str, Any] = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 9,
+        "depths": (2, 2, 2, 2),
+        "depths_decoder": (2, 2, 2, 1),
+        "dims": 32,
+        "patch_size": PATCH_SIZE_3D,
+        "scan_directions": 6,
+    }
+    return _create_vmunet("vmunet3d_small", **{**args, **kwargs})
+
+
+@register_model
 def vmunet_tiny(**kwargs: Any) -> VMUNet:
     """A tiny VM-UNet for tests and smoke runs: one block per stage, dims 16, d_state 4."""
     args: dict[str, Any] = {
@@ -543,3 +689,24 @@ def vmunet_tiny(**kwargs: Any) -> VMUNet:
         "drop_path_rate": 0.1,
     }
     return _create_vmunet("vmunet_tiny", **{**args, **kwargs})
+
+
+@register_model
+def vmunet3d_tiny(**kwargs: Any) -> VMUNet:
+    """A tiny 3-D VM-UNet for tests and smoke runs: one block per stage, dims 8, d_state 4, K = 6.
+
+    Patch (4, 4, 2), sizes multiples of (32, 32, 16); a forward and backward at 32^3 takes well
+    under a second on a CPU core.
+    """
+    args: dict[str, Any] = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+        "depths": (1, 1, 1, 1),
+        "depths_decoder": (1, 1, 1, 1),
+        "dims": 8,
+        "d_state": 4,
+        "patch_size": PATCH_SIZE_3D,
+        "drop_path_rate": 0.1,
+    }
+    return _create_vmunet("vmunet3d_tiny", **{**args, **kwargs})

@@ -1,4 +1,4 @@
-"""Building blocks of VM-UNet: SS2D, the VSS block, encoder / decoder stages, patch layers.
+"""Building blocks of VM-UNet in 2-D and 3-D: SS2D / SS3D, the VSS block, stages, patch layers.
 
 Example:
     >>> import torch
@@ -9,13 +9,40 @@ Example:
 
 from __future__ import annotations
 
-from .patch import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, pixel_shuffle_last
-from .vss import NUM_SCAN_DIRECTIONS, SS2D, DropPath, VSSBlock, VSSStage, VSSUpStage
+from .patch import (
+    FinalPatchExpand,
+    FinalPatchExpand2D,
+    FinalPatchExpand3D,
+    PatchEmbed,
+    PatchEmbed2D,
+    PatchEmbed3D,
+    PatchExpand,
+    PatchExpand2D,
+    PatchExpand3D,
+    PatchMerging,
+    PatchMerging2D,
+    PatchMerging3D,
+    pixel_shuffle_last,
+)
+from .vss import (
+    NUM_SCAN_DIRECTIONS,
+    SCAN_DIRECTIONS,
+    SS2D,
+    SS3D,
+    SSND,
+    DropPath,
+    VSSBlock,
+    VSSStage,
+    VSSUpStage,
+)
 
 __all__ = [
     "NUM_SCAN_DIRECTIONS",
+    "SCAN_DIRECTIONS",
     "DropPath",
+    "SSND",
     "SS2D",
+    "SS3D",
     "VSSBlock",
     "VSSStage",
     "VSSUpStage",
@@ -23,5 +50,13 @@ __all__ = [
     "PatchMerging2D",
     "PatchExpand2D",
     "FinalPatchExpand2D",
+    "PatchEmbed3D",
+    "PatchMerging3D",
+    "PatchExpand3D",
+    "FinalPatchExpand3D",
+    "PatchEmbed",
+    "PatchMerging",
+    "PatchExpand",
+    "FinalPatchExpand",
     "pixel_shuffle_last",
 ]

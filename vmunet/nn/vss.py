@@ -1,4 +1,4 @@
-"""SS2D (2-D selective scan), the VSS block and the encoder / decoder stages of VM-UNet.
+"""SS2D / SS3D (2-D / 3-D selective scan), the VSS block and the encoder / decoder stages of VM-UNet.
 
 The layer structure, parameter names and shapes follow the public VM-UNet implementation
 (JCruan519/VM-UNet, ``models/vmunet/vmamba.py``, itself VMamba v0), so that public
@@ -6,7 +6,11 @@ checkpoints map one to one; the initialisation is Mamba's (state-spaces/mamba
 ``mamba_simple.py``: dt projection uniform in +-dt_rank**-0.5, dt bias = softplus^-1 of a
 log-uniform dt in [dt_min, dt_max], A = -[1..N] stored as ``A_log``, D = 1).
 
-Tensors are channels-last ``(B, H, W, C)`` between blocks.
+Tensors are channels-last ``(B, H, W, C)`` (2-D) or ``(B, H, W, D, C)`` (3-D) between blocks.
+Every module is written once for both and takes ``spatial_dims``: the 3-D block is the 2-D one
+with a depthwise ``Conv3d`` and the 3-D cross-scan (:func:`vmunet.ops.cross_scan_3d`, six or two
+flattened orders of the token grid); the scan itself is the same 1-D selective scan, so every
+scan backend runs it unchanged.
 """
 
 from __future__ import annotations
@@ -21,12 +25,24 @@ from torch import nn
 
 from vmunet import ops
 
-from .patch import PatchExpand2D, PatchMerging2D
+from .patch import CONV, PatchExpand, PatchMerging
 
-__all__ = ["SS2D", "VSSBlock", "VSSStage", "VSSUpStage", "DropPath", "NUM_SCAN_DIRECTIONS"]
+__all__ = [
+    "SSND",
+    "SS2D",
+    "SS3D",
+    "VSSBlock",
+    "VSSStage",
+    "VSSUpStage",
+    "DropPath",
+    "NUM_SCAN_DIRECTIONS",
+    "SCAN_DIRECTIONS",
+]
 
 #: The four scan orders of the 2-D cross-scan: row-major, column-major and both reversed.
 NUM_SCAN_DIRECTIONS = 4
+#: Allowed numbers of scan directions per ``spatial_dims``, the default first.
+SCAN_DIRECTIONS: dict[int, tuple[int, ...]] = {2: (NUM_SCAN_DIRECTIONS,), 3: (6, 2)}
 
 
 class DropPath(nn.Module):
@@ -61,14 +77,19 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-class SS2D(nn.Module):
-    """2-D selective scan (the "SS2D" module of VMamba / VM-UNet).
+class SSND(nn.Module):
+    """Selective scan over a 2-D or 3-D token grid (the "SS2D" module of VMamba / VM-UNet, and SS3D).
 
     ``in_proj`` (C -> 2 * d_inner, x and z branches) -> depthwise conv + SiLU on x ->
-    four-direction cross-scan -> per-direction ``x_proj`` (d_inner -> dt_rank + 2 * d_state)
+    K-direction cross-scan -> per-direction ``x_proj`` (d_inner -> dt_rank + 2 * d_state)
     and ``dt_proj`` (dt_rank -> d_inner) -> selective scan (``delta_softplus=True``, float32) ->
-    cross-merge (sum of the four directions mapped back) -> LayerNorm(d_inner) -> times SiLU(z)
+    cross-merge (sum of the K directions mapped back) -> LayerNorm(d_inner) -> times SiLU(z)
     -> ``out_proj`` (d_inner -> C) -> dropout.
+
+    In 2-D, K = 4 (:func:`vmunet.ops.cross_scan_2d`) and the depthwise conv is ``conv2d``, the
+    public names and shapes. In 3-D, K = 6 or 2 (:func:`vmunet.ops.cross_scan_3d`) and the conv
+    is a depthwise ``Conv3d`` named ``conv3d``; the per-direction parameters are stacked the same
+    way (``x_proj_weight`` (K, ...), ``A_logs`` (K * d_inner, N), ...).
 
     Args:
         d_model: channels C of the input and output.
@@ -86,11 +107,14 @@ class SS2D(nn.Module):
         dt_init_floor: floor of the initial dt.
         scan_backend: selective-scan backend name passed to :func:`vmunet.ops.selective_scan`
             (``None``: chosen automatically).
+        spatial_dims: 2 (input ``(B, H, W, C)``) or 3 (``(B, H, W, D, C)``).
+        scan_directions: number of scan orders K: 4 in 2-D; 6 (default) or 2 in 3-D
+            (``None``: the default).
 
     Example:
-        >>> ss2d = SS2D(d_model=32, d_state=4)
-        >>> ss2d(torch.randn(1, 8, 8, 32)).shape
-        torch.Size([1, 8, 8, 32])
+        >>> ss3d = SSND(d_model=16, d_state=4, spatial_dims=3)
+        >>> ss3d(torch.randn(1, 4, 4, 2, 16)).shape
+        torch.Size([1, 4, 4, 2, 16])
     """
 
     def __init__(
@@ -109,11 +133,23 @@ class SS2D(nn.Module):
         dt_scale: float = 1.0,
         dt_init_floor: float = 1e-4,
         scan_backend: str | None = None,
+        spatial_dims: int = 2,
+        scan_directions: int | None = None,
     ) -> None:
         super().__init__()
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-        k = NUM_SCAN_DIRECTIONS
+        if isinstance(spatial_dims, bool) or spatial_dims not in SCAN_DIRECTIONS:
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        allowed = SCAN_DIRECTIONS[spatial_dims]
+        k = allowed[0] if scan_directions is None else scan_directions
+        if isinstance(k, bool) or k not in allowed:
+            raise ValueError(
+                f"scan_directions must be one of {allowed} for spatial_dims={spatial_dims}, "
+                f"got {scan_directions!r}"
+            )
+        self.spatial_dims = int(spatial_dims)
+        self.scan_directions = int(k)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(ssm_ratio * d_model)
@@ -123,9 +159,12 @@ class SS2D(nn.Module):
 
         d_inner, r, n = self.d_inner, self.dt_rank, self.d_state
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
-        self.conv2d = nn.Conv2d(
+        # named conv2d / conv3d: "conv2d" is the public VM-UNet's parameter name
+        self._conv_name = f"conv{self.spatial_dims}d"
+        conv = CONV[self.spatial_dims](
             d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias
         )
+        self.add_module(self._conv_name, conv)
         self.act = nn.SiLU()
         # One projection per scan direction, stored stacked (names/shapes of the public code).
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d_inner))
@@ -162,10 +201,14 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-scan, selective scan, cross-merge: ``(B, d_inner, H, W) -> (B, d_inner, H*W)`` float32."""
-        b, d, h, w = x.shape
-        k, length = NUM_SCAN_DIRECTIONS, h * w
-        xs = ops.cross_scan_2d(x)  # (B, K, D, L)
+        """Cross-scan, selective scan, cross-merge: ``(B, d_inner, *S) -> (B, d_inner, prod(S))`` float32."""
+        b, d = x.shape[:2]
+        size = tuple(x.shape[2:])
+        k, length = self.scan_directions, math.prod(size)
+        if self.spatial_dims == 2:
+            xs = ops.cross_scan_2d(x)  # (B, K, D, L)
+        else:
+            xs = ops.cross_scan_3d(x, k)
         # per-direction projections as broadcast matmuls: (K, c, d) @ (B, K, d, L) -> (B, K, c, L),
         # contiguous, so the float32 views below need no copy
         x_dbl = torch.matmul(self.x_proj_weight, xs)
@@ -182,20 +225,59 @@ class SS2D(nn.Module):
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        return ops.cross_merge_2d(ys.reshape(b, k, d, length), h, w)
+        if self.spatial_dims == 2:
+            return ops.cross_merge_2d(ys.reshape(b, k, d, length), *size)
+        return ops.cross_merge_3d(ys.reshape(b, k, d, length), *size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
+        b, *size, _ = x.shape
+        n = len(size)
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        conv = getattr(self, self._conv_name)
+        x = self.act(conv(x.permute(0, n + 1, *range(1, n + 1)).contiguous()))
         y = self.forward_core(x)  # (B, D, L) float32
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, -1))
+        y = self.out_norm(y.transpose(1, 2).reshape(b, *size, -1))
         y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
 
 
+class SS2D(SSND):
+    """2-D selective scan (the "SS2D" module of VMamba / VM-UNet): :class:`SSND` with ``spatial_dims=2``.
+
+    Takes the arguments of :class:`SSND` (without ``spatial_dims``); four scan directions.
+
+    Example:
+        >>> ss2d = SS2D(d_model=32, d_state=4)
+        >>> ss2d(torch.randn(1, 8, 8, 32)).shape
+        torch.Size([1, 8, 8, 32])
+    """
+
+    def __init__(self, d_model: int, *args: object, **kwargs: object) -> None:
+        super().__init__(d_model, *args, spatial_dims=2, **kwargs)  # type: ignore[arg-type]
+
+
+class SS3D(SSND):
+    """3-D selective scan: :class:`SSND` with ``spatial_dims=3``, six (default) or two scan directions.
+
+    Takes the arguments of :class:`SSND` (without ``spatial_dims``); input ``(B, H, W, D, C)``.
+
+    Example:
+        >>> ss3d = SS3D(d_model=16, d_state=4, scan_directions=2)
+        >>> ss3d(torch.randn(1, 4, 4, 2, 16)).shape
+        torch.Size([1, 4, 4, 2, 16])
+    """
+
+    def __init__(self, d_model: int, *args: object, **kwargs: object) -> None:
+        super().__init__(d_model, *args, spatial_dims=3, **kwargs)  # type: ignore[arg-type]
+
+
+_SS_CLASS: dict[int, type[SSND]] = {2: SS2D, 3: SS3D}
+
+
 class VSSBlock(nn.Module):
-    """Visual state-space block: ``x + DropPath(SS2D(LayerNorm(x)))`` (no MLP, as in VM-UNet).
+    """Visual state-space block: ``x + DropPath(SS(LayerNorm(x)))`` (no MLP, as in VM-UNet).
+
+    ``SS`` is :class:`SS2D` or :class:`SS3D` after ``spatial_dims``.
 
     Args:
         d_model: channels C.
@@ -203,7 +285,9 @@ class VSSBlock(nn.Module):
         attn_drop_rate: dropout inside SS2D (on its output).
         d_state: SSM state size N.
         norm_eps: eps of the LayerNorm (1e-5, what the public VM-UNet passes down).
-        **ssm_kwargs: further :class:`SS2D` arguments (ssm_ratio, dt_rank, d_conv, scan_backend, ...).
+        spatial_dims: 2 (``(B, H, W, C)`` tokens) or 3 (``(B, H, W, D, C)``).
+        **ssm_kwargs: further :class:`SSND` arguments (ssm_ratio, dt_rank, d_conv, scan_backend,
+            scan_directions, ...).
 
     Example:
         >>> block = VSSBlock(d_model=32, d_state=4)
@@ -218,11 +302,15 @@ class VSSBlock(nn.Module):
         attn_drop_rate: float = 0.0,
         d_state: int = 16,
         norm_eps: float = 1e-5,
+        spatial_dims: int = 2,
         **ssm_kwargs: object,
     ) -> None:
         super().__init__()
+        if isinstance(spatial_dims, bool) or spatial_dims not in _SS_CLASS:
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         self.ln_1 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.self_attention = SS2D(d_model=d_model, d_state=d_state, dropout=attn_drop_rate, **ssm_kwargs)
+        ss_class = _SS_CLASS[spatial_dims]
+        self.self_attention = ss_class(d_model=d_model, d_state=d_state, dropout=attn_drop_rate, **ssm_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,8 +333,9 @@ class VSSStage(nn.Module):
         dim: channels C of the stage.
         depth: number of VSS blocks.
         drop_path: one stochastic-depth rate per block (or one for all).
-        downsample: end with :class:`PatchMerging2D`.
+        downsample: end with :class:`PatchMerging` (2x down on every axis).
         use_checkpoint: gradient checkpointing of each block while training.
+        spatial_dims: 2 or 3.
         **block_kwargs: further :class:`VSSBlock` arguments.
 
     Example:
@@ -262,15 +351,19 @@ class VSSStage(nn.Module):
         drop_path: float | Sequence[float] = 0.0,
         downsample: bool = False,
         use_checkpoint: bool = False,
+        spatial_dims: int = 2,
         **block_kwargs: object,
     ) -> None:
         super().__init__()
         rates = [float(drop_path)] * depth if isinstance(drop_path, (int, float)) else list(drop_path)
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
-            [VSSBlock(d_model=dim, drop_path=rates[i], **block_kwargs) for i in range(depth)]
+            [
+                VSSBlock(d_model=dim, drop_path=rates[i], spatial_dims=spatial_dims, **block_kwargs)
+                for i in range(depth)
+            ]
         )
-        self.downsample = PatchMerging2D(dim) if downsample else None
+        self.downsample = PatchMerging(dim, spatial_dims) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _run_blocks(self.blocks, x, self.use_checkpoint)
@@ -286,8 +379,9 @@ class VSSUpStage(nn.Module):
         dim: channels C of the stage (the patch expand takes 2C).
         depth: number of VSS blocks.
         drop_path: one stochastic-depth rate per block (or one for all).
-        upsample: open with :class:`PatchExpand2D`.
+        upsample: open with :class:`PatchExpand` (2x up on every axis).
         use_checkpoint: gradient checkpointing of each block while training.
+        spatial_dims: 2 or 3.
         **block_kwargs: further :class:`VSSBlock` arguments.
 
     Example:
@@ -303,14 +397,18 @@ class VSSUpStage(nn.Module):
         drop_path: float | Sequence[float] = 0.0,
         upsample: bool = False,
         use_checkpoint: bool = False,
+        spatial_dims: int = 2,
         **block_kwargs: object,
     ) -> None:
         super().__init__()
         rates = [float(drop_path)] * depth if isinstance(drop_path, (int, float)) else list(drop_path)
         self.use_checkpoint = use_checkpoint
-        self.upsample = PatchExpand2D(dim) if upsample else None
+        self.upsample = PatchExpand(dim, spatial_dims) if upsample else None
         self.blocks = nn.ModuleList(
-            [VSSBlock(d_model=dim, drop_path=rates[i], **block_kwargs) for i in range(depth)]
+            [
+                VSSBlock(d_model=dim, drop_path=rates[i], spatial_dims=spatial_dims, **block_kwargs)
+                for i in range(depth)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

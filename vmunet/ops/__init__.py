@@ -14,16 +14,25 @@ from vmunet.ops._backends import (
     available_backends,
     resolve_backend,
 )
-from vmunet.ops.cross_scan import cross_merge_2d, cross_scan_2d
+from vmunet.ops.cross_scan import (
+    SCAN_DIRECTIONS_3D,
+    cross_merge_2d,
+    cross_merge_3d,
+    cross_scan_2d,
+    cross_scan_3d,
+)
 from vmunet.ops.selective_scan import selective_scan
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "SCAN_DIRECTIONS_3D",
     "ScanBackendUnavailableError",
     "available_backends",
     "cross_merge_2d",
+    "cross_merge_3d",
     "cross_scan_2d",
+    "cross_scan_3d",
     "resolve_backend",
     "selective_scan",
 ]
