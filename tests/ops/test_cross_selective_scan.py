@@ -118,6 +118,7 @@ def test_fused_inference_mode_and_shape_errors():
     ins = _inputs(size, k)
     with torch.inference_mode():
         y = cross_selective_scan(*ins, scan_index(size, k))
-    torch.testing.assert_close(y.double(), _reference(*[t.double() for t in ins], size, k), rtol=1e-4, atol=1e-4)
+    y_ref = _reference(*[t.double() for t in ins], size, k)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="delta must be"):
         cross_selective_scan(ins[0], ins[1][:, :2], *ins[2:], scan_index(size, k))

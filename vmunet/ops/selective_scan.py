@@ -460,7 +460,8 @@ def cross_selective_scan(
     """
     if u.dim() != 3 or index.dim() != 2:
         raise ValueError(
-            f"cross_selective_scan: u must be (batch, L, d) and index (K, L), got {_shape(u)}, {_shape(index)}"
+            f"cross_selective_scan: u must be (batch, L, d) and index (K, L); "
+            f"got {_shape(u)} and {_shape(index)}"
         )
     b, L, d = u.shape
     K = index.shape[0]
