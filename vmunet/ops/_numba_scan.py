@@ -515,7 +515,9 @@ def _xload_tile(u, delta, bias, softplus, D, bi, k, c0, kc0, W, idx, t0, T, dtt,
 
 
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
-def _xforward_kernel(u, delta, bias, softplus, A, Bm, Cm, D, idx, y, ck, want_ck, blk_b, blk_k, blk_c, blk_w):
+def _xforward_kernel(
+    u, delta, bias, softplus, A, Bm, Cm, D, idx, yk, y, ck, want_ck, blk_b, blk_k, blk_c, blk_w
+):  # fmt: skip
     L = u.shape[1]
     d = u.shape[2]
     N = A.shape[1]
@@ -542,7 +544,25 @@ def _xforward_kernel(u, delta, bias, softplus, A, Bm, Cm, D, idx, y, ck, want_ck
                 p = idx[k, t0 + t]
                 o = t * V
                 for w in range(W):
-                    y[bi, k, p, c0 + w] = yt[o + w]
+                    yk[bi, k, p, c0 + w] = yt[o + w]
+    _sum_directions(yk, y)
+
+
+@njit(parallel=True, fastmath=_FM_FWD, **_KW)
+def _sum_directions(yk, y):
+    """y[b, p, :] = sum_k yk[b, k, p, :], in parallel over (b, rows of positions): one pass."""
+    b, K, L, d = yk.shape
+    rows = 64
+    nr = (L + rows - 1) // rows
+    for j in prange(b * nr):
+        bi = j // nr
+        p0 = (j % nr) * rows
+        for p in range(p0, min(p0 + rows, L)):
+            for c in range(d):
+                y[bi, p, c] = yk[bi, 0, p, c]
+            for k in range(1, K):
+                for c in range(d):
+                    y[bi, p, c] += yk[bi, k, p, c]
 
 
 @njit(fastmath=_FM_FWD, **_KW)
@@ -572,8 +592,8 @@ def _xload_tile_bwd(u, delta, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT):
 
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _xbackward_kernel(
-    u, delta, bias, softplus, A, Bm, Cm, D, idx, dy, ckin, du, ddelta, dA_part, dB_part, dC_part,
-    dD_part, dbias_part, blk_b, blk_k, blk_c, blk_w,
+    u, delta, bias, softplus, A, Bm, Cm, D, idx, dy, ckin, duk, ddelta, dA_part, dB_part, dC_part,
+    dD_part, dbias_part, du, blk_b, blk_k, blk_c, blk_w,
 ):  # fmt: skip
     L = u.shape[1]
     d = u.shape[2]
@@ -623,7 +643,7 @@ def _xbackward_kernel(
                 p = idx[k, t0 + t]
                 ot = t * _TT * V
                 for w in range(W):
-                    du[bi, k, p, c0 + w] = TT[ot + 4 * V + w]
+                    duk[bi, k, p, c0 + w] = TT[ot + 4 * V + w]
                     ddelta[bi, k, p, c0 + w] = TT[ot + 5 * V + w]
                 for n in range(N):
                     dB_part[i, p, n] = dBt[t, n]
@@ -634,6 +654,7 @@ def _xbackward_kernel(
         for n in range(N):
             for w in range(W):
                 dA_part[bi, kc0 + w, n] = ST[(n * _ST + 3) * V + w]
+    _sum_directions(duk, du)
 
 
 def _xblocks(batch: int, K: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -659,12 +680,12 @@ def cross_scan_forward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool, 
     K = delta.shape[1]
     N = A.shape[1]
     yk = u.new_empty(b, K, L, d)
+    y = torch.empty_like(u)
     ck = u.new_empty(b, K, -(-L // TILE), N, d) if save_states else u.new_empty(1, 1, 1, 1, 1)
     _xforward_kernel(
         _np(u), _np(delta), _np(delta_bias), bool(softplus), _np(A), _np(Bm), _np(Cm), _np(D),
-        _np(idx), yk.numpy(), ck.numpy(), save_states, *_xblocks(b, K, d)
+        _np(idx), yk.numpy(), y.numpy(), ck.numpy(), save_states, *_xblocks(b, K, d)
     )  # fmt: skip
-    y = yk.sum(1)
     return y, (ck if save_states else u.new_empty((0,)))
 
 
@@ -678,6 +699,7 @@ def cross_scan_backward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool,
     blocks = _xblocks(b, K, d)
     nblk = blocks[0].shape[0]
     duk = u.new_empty(b, K, L, d)
+    du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
     dA_part = u.new_empty(b, K * d, N)
     dB_part = u.new_empty(nblk, L, N)
@@ -687,11 +709,11 @@ def cross_scan_backward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool,
     _xbackward_kernel(
         _np(u), _np(delta), _np(delta_bias), bool(softplus), _np(A), _np(Bm), _np(Cm), _np(D), _np(idx),
         _np(dy), _np(states), duk.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(),
-        dC_part.numpy(), dD_part.numpy(), dbias_part.numpy(), *blocks,
+        dC_part.numpy(), dD_part.numpy(), dbias_part.numpy(), du.numpy(), *blocks,
     )  # fmt: skip
     dB = dB_part.view(b, K, -1, L, N).sum(2)
     dC = dC_part.view(b, K, -1, L, N).sum(2)
-    return duk.sum(1), ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0)
+    return du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0)
 
 
 # --------------------------------------------------------------------------------------- wrappers
