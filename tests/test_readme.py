@@ -75,6 +75,7 @@ HANDLED = {
     "evaluate": "test_segment_and_evaluate",
     "metrics": "test_metrics_block",
     "monai": "test_monai_block",
+    "model3d": "test_model3d_block",
     "weights": "test_weights_block",
     "torchrun": "test_torchrun_block",
 }
@@ -195,6 +196,20 @@ def test_monai_block(capsys):
     out = capsys.readouterr().out.split()
     assert np.isfinite(float(out[0]))
     assert "torch.Size([1, 3, 100, 90])" in " ".join(out[1:])
+
+
+def test_model3d_block(capsys):
+    # the tiny 3-D model on a smaller volume and ROI keeps it fast; the code path is the same
+    _exec(
+        "model3d",
+        {
+            '"vmunet3d_small"': '"vmunet3d_tiny"',
+            "torch.randn(1, 1, 120, 100, 40)": "torch.randn(1, 1, 40, 36, 20)",
+            "(96, 96, 32)": "(32, 32, 16)",
+        },
+    )
+    out = capsys.readouterr().out
+    assert "(32, 32, 16)" in out and "torch.Size([1, 9, 40, 36, 20])" in out
 
 
 def _public_vmunet_tiny_state_dict(seed: int) -> dict:

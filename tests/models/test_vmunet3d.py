@@ -144,7 +144,7 @@ def test_registered_3d_variants():
         small = vmunet.create_model("vmunet3d_small")
     assert small.spatial_dims == 3 and (small.in_channels, small.out_channels) == (1, 9)
     # the size its docstring and the README state
-    assert sum(p.numel() for p in small.parameters()) == 4_554_945
-    assert small.pretrained_cfg["num_params"] == 4_554_945
+    assert sum(p.numel() for p in small.parameters()) == 9_307_293
+    assert small.pretrained_cfg["num_params"] == 9_307_293
     tiny = _tiny()
     assert tiny.spatial_dims == 3 and tiny.pretrained_cfg["input_size"] == (1, 32, 32, 32)
