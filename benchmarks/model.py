@@ -12,8 +12,14 @@ memory is the growth of the process's peak resident set (``ru_maxrss``) over tho
 the activations (and, for training, gradients) of one pass plus any first-call compilation,
 above the weights and the input.
 
+With ``--fused`` it instead times, in one process and interleaved, the ``cpu`` backend's fused
+cross-scan path (``SSND.fused_scan``, the default) against the unfused path ("before"), MONAI's
+SwinUNETR (2-D, feature_size 48) and, once, the ``reference`` backend; then prints the top ops of a
+torch.profiler run of each path.
+
 Usage:
     python benchmarks/model.py                          # defaults: 2 threads, batch 1 and 8
+    python benchmarks/model.py --fused --repeats 5      # before / after the fused cross-scan
     python benchmarks/model.py --batches 1 --backends cpu torch
 """
 
@@ -83,6 +89,79 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"first_s": first, "times_s": times, "peak_mb": peak - before, "rss_mb": peak}))
 
 
+def fused_compare(args: argparse.Namespace) -> None:
+    """Fused vs unfused cross-scan path, SwinUNETR-2D and the reference backend, interleaved."""
+    import torch
+    from monai.networks.nets import SwinUNETR
+    from torch.profiler import profile
+
+    import vmunet
+    from vmunet.nn.vss import SSND
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = vmunet.create_model(args.model, drop_path_rate=0.0, scan_backend="cpu")
+    swin = SwinUNETR(in_channels=3, out_channels=1, feature_size=48, spatial_dims=2)
+    x = torch.randn(1, 3, args.size, args.size)
+
+    def set_fused(on: bool) -> None:
+        for m in model.modules():
+            if isinstance(m, SSND):
+                m.fused_scan = on
+
+    def timed(net, train: bool) -> float:
+        net.train(train)
+        t0 = time.perf_counter()
+        if train:
+            net(x).mean().backward()
+            net.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                net(x)
+        return time.perf_counter() - t0
+
+    print(f"{args.model} at {args.size}x{args.size}, {args.threads} threads, batch 1; {os.cpu_count()} cores")
+    print(f"machine gauge before: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
+    for mode, train in (("fwd", False), ("fwd+bwd", True)):
+        runs: dict[str, list[float]] = {"before (unfused)": [], "after (fused)": [], "SwinUNETR-2D": []}
+        for on in (False, True):  # warm-up: kernel compilation
+            set_fused(on)
+            timed(model, train)
+        timed(swin, train)
+        for _ in range(max(1, args.repeats)):
+            for name in runs:
+                if name == "SwinUNETR-2D":
+                    runs[name].append(timed(swin, train))
+                else:
+                    set_fused(name.startswith("after"))
+                    runs[name].append(timed(model, train))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        for k, v in runs.items():
+            print(f"  {mode:7s} {k:17s} median {med[k]:.3f} s  range {min(v):.3f}-{max(v):.3f}  n={len(v)}")
+        after = med["after (fused)"]
+        print(
+            f"  {mode}: after vs before {med['before (unfused)'] / after:.2f}x, "
+            f"vs SwinUNETR-2D {med['SwinUNETR-2D'] / after:.2f}x"
+        )
+        if args.with_reference and not train:
+            for m in model.modules():
+                if isinstance(m, SSND):
+                    m.scan_backend = "reference"
+            ref = timed(model, False)
+            for m in model.modules():
+                if isinstance(m, SSND):
+                    m.scan_backend = "cpu"
+            print(f"  fwd: reference backend {ref:.3f} s (one pass): after vs reference {ref / after:.1f}x")
+    model.eval()
+    for on in (False, True):
+        set_fused(on)
+        with profile() as prof, torch.inference_mode():
+            model(x)
+        print(f"\nprofile, forward, {'after (fused)' if on else 'before (unfused)'}:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print(f"machine gauge after: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
+
+
 def run_child(args: argparse.Namespace, backend: str, batch: int, mode: str, repeats: int) -> dict:
     cmd = [
         sys.executable,
@@ -122,6 +201,8 @@ def main() -> None:
     p.add_argument(
         "--reference-max-batch", type=int, default=1, help="largest batch run with the reference backend"
     )
+    p.add_argument("--fused", action="store_true", help="fused vs unfused cross-scan (see above)")
+    p.add_argument("--with-reference", action="store_true", help="with --fused: one reference-backend pass")
     # worker-only arguments
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
@@ -130,6 +211,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.fused:
+        fused_compare(args)
         return
 
     print(f"{args.model} at {args.size}x{args.size}, {args.threads} threads; {os.cpu_count()} cores seen")

@@ -16,6 +16,7 @@ scan backend runs it unchanged.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vmunet import ops
+from vmunet.ops.scan_orders import scan_index
 
 from .patch import CONV, PatchExpand, PatchMerging
 
@@ -37,12 +39,18 @@ __all__ = [
     "DropPath",
     "NUM_SCAN_DIRECTIONS",
     "SCAN_DIRECTIONS",
+    "FUSED_ENV_VAR",
 ]
 
 #: The four scan orders of the 2-D cross-scan: row-major, column-major and both reversed.
 NUM_SCAN_DIRECTIONS = 4
 #: Allowed numbers of scan directions per ``spatial_dims``, the default first.
 SCAN_DIRECTIONS: dict[int, tuple[int, ...]] = {2: (NUM_SCAN_DIRECTIONS,), 3: (6, 2)}
+
+#: Environment variable, read once at import: "0" turns the fused cross-scan path of the "cpu"
+#: backend off by default (``SSND.fused_scan`` still overrides it per module).
+FUSED_ENV_VAR = "VMUNET_FUSED_SCAN"
+_FUSED_DEFAULT = os.environ.get(FUSED_ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class DropPath(nn.Module):
@@ -111,6 +119,11 @@ class SSND(nn.Module):
         scan_directions: number of scan orders K: 4 in 2-D; 6 (default) or 2 in 3-D
             (``None``: the default).
 
+    With the "cpu" scan backend on CPU tensors the cross-scan, the K scans and the merge run as one
+    fused op (:func:`vmunet.ops.cross_selective_scan`, same results, no scanned copies);
+    the attribute ``fused_scan`` (``None``: on unless ``$VMUNET_FUSED_SCAN`` is "0" at import,
+    ``False``: always the unfused path) selects it.
+
     Example:
         >>> ss3d = SSND(d_model=16, d_state=4, spatial_dims=3)
         >>> ss3d(torch.randn(1, 4, 4, 2, 16)).shape
@@ -155,6 +168,7 @@ class SSND(nn.Module):
         self.d_inner = int(ssm_ratio * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan_backend = scan_backend
+        self.fused_scan: bool | None = None
         self._dt_init = (dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
 
         d_inner, r, n = self.d_inner, self.dt_rank, self.d_state
@@ -229,7 +243,14 @@ class SSND(nn.Module):
             return ops.cross_merge_2d(ys.reshape(b, k, d, length), *size)
         return ops.cross_merge_3d(ys.reshape(b, k, d, length), *size)
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        if x.device.type != "cpu" or not (_FUSED_DEFAULT if self.fused_scan is None else self.fused_scan):
+            return False
+        return ops.resolve_backend(self.scan_backend, x) == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):
+            return self._forward_fused(x)
         b, *size, _ = x.shape
         n = len(size)
         x, z = self.in_proj(x).chunk(2, dim=-1)
@@ -237,6 +258,44 @@ class SSND(nn.Module):
         x = self.act(conv(x.permute(0, n + 1, *range(1, n + 1)).contiguous()))
         y = self.forward_core(x)  # (B, D, L) float32
         y = self.out_norm(y.transpose(1, 2).reshape(b, *size, -1))
+        y = y * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation channels-last, with the K directions fused into one scan op.
+
+        x_proj and dt_proj act per position, so delta, B and C of every direction are computed on
+        the un-scanned map (one matmul for all K); the op reads them, and the one shared u, at each
+        direction's positions (:func:`vmunet.ops.scan_orders.scan_index`) and returns the merged sum.
+        The depthwise conv runs channels-last (measured faster than channels-first here), so its
+        output is already the (B, L, d) layout the op takes.
+        """
+        b, *size, _ = x.shape
+        n = len(size)
+        d, k, r, ns = self.d_inner, self.scan_directions, self.dt_rank, self.d_state
+        L = math.prod(size)
+        xi, z = self.in_proj(x).chunk(2, dim=-1)
+        conv = getattr(self, self._conv_name)
+        fmt = torch.channels_last if n == 2 else torch.channels_last_3d
+        u = self.act(conv(xi.permute(0, n + 1, *range(1, n + 1)).contiguous(memory_format=fmt)))
+        u = u.permute(0, *range(2, n + 2), 1).reshape(b, L, d)  # a view when the conv kept channels-last
+        c = r + 2 * ns
+        x_dbl = (u.reshape(b * L, d) @ self.x_proj_weight.reshape(k * c, d).t()).view(b, L, k, c)
+        x_dbl = x_dbl.transpose(1, 2)  # (B, K, L, c)
+        dts, bs, cs = torch.split(x_dbl, [r, ns, ns], dim=3)
+        delta = torch.matmul(dts, self.dt_projs_weight.transpose(1, 2))  # (B, K, L, d)
+        y = ops.cross_selective_scan(
+            u,
+            delta,
+            -torch.exp(self.A_logs.float()),
+            bs,
+            cs,
+            self.Ds.float(),
+            self.dt_projs_bias.float().reshape(-1),
+            scan_index(size, k, device=u.device),
+            delta_softplus=True,
+        )
+        y = self.out_norm(y.view(b, *size, d))
         y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
 

@@ -54,7 +54,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["scan_forward", "scan_backward", "LANES"]
+__all__ = ["scan_forward", "scan_backward", "cross_scan_forward", "cross_scan_backward", "LANES"]
 
 LANES = 64
 TILE = 32  # time steps per tile: the backward's (TILE, N, LANES) buffers stay in L2
@@ -465,6 +465,255 @@ def _backward_kernel(
         for n in range(N):
             for w in range(W):
                 dA_part[bi, c0 + w, n] = ST[(n * _ST + 3) * V + w]
+
+
+# ------------------------------------------------------------------- fused cross-scan kernels
+# The direction-aware ("cross") kernels run all K scan directions of SS2D / SS3D on the un-scanned
+# feature map. Everything is channels-last: u (b, L, d) in row-major (memory) order, delta (b, K, L, d)
+# and B, C (b, K, L, N) computed per position in that order, and direction k reads step t at the
+# row-major position p = idx[k, t] (vmunet.ops.scan_orders). A step's tile row is then one contiguous
+# run of lanes whatever the direction. Work items are (batch, direction, channel block); each writes
+# its own direction's partial output y_k (b, K, L, d) at the row-major positions, summed over k
+# afterwards (no two items write the same element). The recurrences reuse the tile kernels above,
+# with one tile of B and C rows gathered into a (1, 1, TILE, N) buffer (so they see t0 = 0).
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _xload_bc(Bm, Cm, bi, k, idx, t0, T, N, Bt, Ct):
+    for t in range(T):
+        p = idx[k, t0 + t]
+        for n in range(N):
+            Bt[0, 0, t, n] = Bm[bi, k, p, n]
+            Ct[0, 0, t, n] = Cm[bi, k, p, n]
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _xload_tile(u, delta, bias, softplus, D, bi, k, c0, kc0, W, idx, t0, T, dtt, xt, yt):
+    """As ``_load_tile``, reading step t of direction k at position idx[k, t0 + t] (channels-last)."""
+    for t in range(T):
+        p = idx[k, t0 + t]
+        o = t * V
+        for w in range(W):
+            dtt[o + w] = delta[bi, k, p, c0 + w]
+            xt[o + w] = u[bi, p, c0 + w]
+    for t in range(T):
+        o = t * V
+        if softplus:
+            for w in range(W):
+                v, _ = _softplus_and_grad(dtt[o + w] + bias[kc0 + w])
+                x = xt[o + w]
+                dtt[o + w] = v
+                xt[o + w] = v * x
+                yt[o + w] = D[kc0 + w] * x
+        else:
+            for w in range(W):
+                v = dtt[o + w] + bias[kc0 + w]
+                x = xt[o + w]
+                dtt[o + w] = v
+                xt[o + w] = v * x
+                yt[o + w] = D[kc0 + w] * x
+
+
+@njit(parallel=True, fastmath=_FM_FWD, **_KW)
+def _xforward_kernel(
+    u, delta, bias, softplus, A, Bm, Cm, D, idx, yk, y, ck, want_ck, blk_b, blk_k, blk_c, blk_w
+):  # fmt: skip
+    L = u.shape[1]
+    d = u.shape[2]
+    N = A.shape[1]
+    for i in prange(blk_b.shape[0]):
+        bi = blk_b[i]
+        k = blk_k[i]
+        c0 = blk_c[i]
+        W = blk_w[i]
+        kc0 = k * d + c0
+        dtt, xt, yt, ea, Ab, h = _fwd_scratch(A, kc0, W)
+        Bt = np.zeros((1, 1, TILE, N), np.float32)
+        Ct = np.zeros((1, 1, TILE, N), np.float32)
+        for t0 in range(0, L, TILE):
+            T = min(TILE, L - t0)
+            if want_ck:
+                kt = t0 // TILE
+                for n in range(N):
+                    for w in range(W):
+                        ck[bi, k, kt, n, c0 + w] = h[n * V + w]
+            _xload_bc(Bm, Cm, bi, k, idx, t0, T, N, Bt, Ct)
+            _xload_tile(u, delta, bias, softplus, D, bi, k, c0, kc0, W, idx, t0, T, dtt, xt, yt)
+            _fwd_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, dtt, xt, Ab, h, yt, True, ea)
+            for t in range(T):
+                p = idx[k, t0 + t]
+                o = t * V
+                for w in range(W):
+                    yk[bi, k, p, c0 + w] = yt[o + w]
+    _sum_directions(yk, y)
+
+
+@njit(parallel=True, fastmath=_FM_FWD, **_KW)
+def _sum_directions(yk, y):
+    """y[b, p, :] = sum_k yk[b, k, p, :], in parallel over (b, rows of positions): one pass."""
+    b, K, L, d = yk.shape
+    rows = 64
+    nr = (L + rows - 1) // rows
+    for j in prange(b * nr):
+        bi = j // nr
+        p0 = (j % nr) * rows
+        for p in range(p0, min(p0 + rows, L)):
+            for c in range(d):
+                y[bi, p, c] = yk[bi, 0, p, c]
+            for k in range(1, K):
+                for c in range(d):
+                    y[bi, p, c] += yk[bi, k, p, c]
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _xload_tile_bwd(u, delta, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT):
+    for t in range(T):
+        p = idx[k, t0 + t]
+        o = t * _TT * V
+        for w in range(W):
+            TT[o + w] = delta[bi, k, p, c0 + w]
+            TT[o + 2 * V + w] = u[bi, p, c0 + w]
+            TT[o + 3 * V + w] = dy[bi, p, c0 + w]
+    for t in range(T):
+        ot = t * _TT * V
+        if softplus:
+            for w in range(V):
+                v, g = _softplus_and_grad(TT[ot + w] + LV[w])
+                TT[ot + w] = v
+                TT[ot + V + w] = v * TT[ot + 2 * V + w]
+                TT[ot + 6 * V + w] = g
+        else:
+            for w in range(V):
+                v = TT[ot + w] + LV[w]
+                TT[ot + w] = v
+                TT[ot + V + w] = v * TT[ot + 2 * V + w]
+                TT[ot + 6 * V + w] = 1.0
+
+
+@njit(parallel=True, fastmath=_FM_BWD, **_KW)
+def _xbackward_kernel(
+    u, delta, bias, softplus, A, Bm, Cm, D, idx, dy, ckin, duk, ddelta, dA_part, dB_part, dC_part,
+    dD_part, dbias_part, du, blk_b, blk_k, blk_c, blk_w,
+):  # fmt: skip
+    L = u.shape[1]
+    d = u.shape[2]
+    N = A.shape[1]
+    ntile = (L + TILE - 1) // TILE
+    for i in prange(blk_b.shape[0]):
+        bi = blk_b[i]
+        k = blk_k[i]
+        c0 = blk_c[i]
+        W = blk_w[i]
+        kc0 = k * d + c0
+        TT = np.zeros(TILE * _TT * V, np.float32)
+        ST = np.zeros(N * _ST * V, np.float32)  # g rows: dL/d last state = 0
+        HA = np.empty(TILE * N * 2 * V, np.float32)
+        LV = np.zeros(4 * V, np.float32)
+        Bt = np.zeros((1, 1, TILE, N), np.float32)
+        Ct = np.zeros((1, 1, TILE, N), np.float32)
+        dBt = np.zeros((TILE, N), np.float32)
+        dCt = np.zeros((TILE, N), np.float32)
+        for w in range(W):
+            LV[w] = bias[kc0 + w]
+            LV[V + w] = D[kc0 + w]
+            for n in range(N):
+                ST[n * _ST * V + w] = A[kc0 + w, n]
+        for kt in range(ntile - 1, -1, -1):
+            t0 = kt * TILE
+            T = min(TILE, L - t0)
+            for n in range(N):
+                for w in range(W):
+                    ST[(n * _ST + 1) * V + w] = ckin[bi, k, kt, n, c0 + w]
+            _xload_bc(Bm, Cm, bi, k, idx, t0, T, N, Bt, Ct)
+            _xload_tile_bwd(u, delta, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
+            dBt[:] = 0.0
+            dCt[:] = 0.0
+            _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
+            _adjoint_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dBt)
+            for t in range(T):  # as _store_grads, to the channels-last positions
+                ot = t * _TT * V
+                for w in range(V):
+                    dyw = TT[ot + 3 * V + w]
+                    g = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
+                    TT[ot + 4 * V + w] += dyw * LV[V + w]
+                    TT[ot + 5 * V + w] = g
+                    LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
+                    LV[3 * V + w] += g
+            for t in range(T):
+                p = idx[k, t0 + t]
+                ot = t * _TT * V
+                for w in range(W):
+                    duk[bi, k, p, c0 + w] = TT[ot + 4 * V + w]
+                    ddelta[bi, k, p, c0 + w] = TT[ot + 5 * V + w]
+                for n in range(N):
+                    dB_part[i, p, n] = dBt[t, n]
+                    dC_part[i, p, n] = dCt[t, n]
+        for w in range(W):
+            dD_part[bi, kc0 + w] = LV[2 * V + w]
+            dbias_part[bi, kc0 + w] = LV[3 * V + w]
+        for n in range(N):
+            for w in range(W):
+                dA_part[bi, kc0 + w, n] = ST[(n * _ST + 3) * V + w]
+    _sum_directions(duk, du)
+
+
+def _xblocks(batch: int, K: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Work items (batch, direction, channel block of <= LANES channels), batch slowest, then direction."""
+    nb = -(-dim // LANES)
+    width = -(-dim // nb)
+    starts = np.arange(0, dim, width, dtype=np.int64)
+    widths = np.minimum(width, dim - starts)
+    nc = starts.shape[0]
+    blk_b = np.repeat(np.arange(batch, dtype=np.int64), K * nc)
+    blk_k = np.tile(np.repeat(np.arange(K, dtype=np.int64), nc), batch)
+    return blk_b, blk_k, np.tile(starts, batch * K), np.tile(widths, batch * K)
+
+
+def cross_scan_forward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool, save_states: bool = False):
+    """Fused K-direction scan, channels-last (see the section comment above).
+
+    u (b, L, d); delta (b, K, L, d); A (K * d, N); Bm, Cm (b, K, L, N); D, delta_bias (K * d,);
+    idx (K, L) int64 row-major positions. Returns y = sum_k y_k, (b, L, d), and the state before every
+    tile, (b, K, ceil(L / TILE), N, d) (empty without ``save_states``)."""
+    u, delta, A, Bm, Cm, D, delta_bias = _f32(u, delta, A, Bm, Cm, D, delta_bias)
+    b, L, d = u.shape
+    K = delta.shape[1]
+    N = A.shape[1]
+    yk = u.new_empty(b, K, L, d)
+    y = torch.empty_like(u)
+    ck = u.new_empty(b, K, -(-L // TILE), N, d) if save_states else u.new_empty(1, 1, 1, 1, 1)
+    _xforward_kernel(
+        _np(u), _np(delta), _np(delta_bias), bool(softplus), _np(A), _np(Bm), _np(Cm), _np(D),
+        _np(idx), yk.numpy(), y.numpy(), ck.numpy(), save_states, *_xblocks(b, K, d)
+    )  # fmt: skip
+    return y, (ck if save_states else u.new_empty((0,)))
+
+
+def cross_scan_backward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool, dy, states):
+    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of ``cross_scan_forward`` from dL/dy and its
+    saved states."""
+    u, delta, A, Bm, Cm, D, delta_bias, dy, states = _f32(u, delta, A, Bm, Cm, D, delta_bias, dy, states)
+    b, L, d = u.shape
+    K = delta.shape[1]
+    N = A.shape[1]
+    blocks = _xblocks(b, K, d)
+    nblk = blocks[0].shape[0]
+    duk = u.new_empty(b, K, L, d)
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dA_part = u.new_empty(b, K * d, N)
+    dB_part = u.new_empty(nblk, L, N)
+    dC_part = u.new_empty(nblk, L, N)
+    dD_part = u.new_empty(b, K * d)
+    dbias_part = u.new_empty(b, K * d)
+    _xbackward_kernel(
+        _np(u), _np(delta), _np(delta_bias), bool(softplus), _np(A), _np(Bm), _np(Cm), _np(D), _np(idx),
+        _np(dy), _np(states), duk.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(),
+        dC_part.numpy(), dD_part.numpy(), dbias_part.numpy(), du.numpy(), *blocks,
+    )  # fmt: skip
+    dB = dB_part.view(b, K, -1, L, N).sum(2)
+    dC = dC_part.view(b, K, -1, L, N).sum(2)
+    return du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0)
 
 
 # --------------------------------------------------------------------------------------- wrappers

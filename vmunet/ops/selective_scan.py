@@ -34,7 +34,7 @@ from vmunet.ops._backends import (
 )
 from vmunet.ops._reference import selective_scan_reference
 
-__all__ = ["selective_scan"]
+__all__ = ["selective_scan", "cross_selective_scan"]
 
 Tensor = torch.Tensor
 
@@ -350,3 +350,137 @@ def selective_scan(
     )
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
+
+
+# --------------------------------------------------------------------------- fused cross-scan + scan
+@torch.library.custom_op(
+    "vmunet::cross_selective_scan",
+    mutates_args=(),
+    schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor delta_bias, "
+    "Tensor index, bool delta_softplus, bool save_states) -> (Tensor, Tensor)",
+)
+def _cross_op(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save_states):
+    mod, why = numba_kernels()
+    if mod is None:
+        raise RuntimeError(why)
+    return mod.cross_scan_forward(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save_states)
+
+
+@_cross_op.register_fake
+def _cross_op_fake(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save_states):
+    b, L, d = u.shape
+    if save_states:
+        states = u.new_empty(b, delta.shape[1], -(-L // _CPU_TILE), A.shape[1], d, dtype=torch.float32)
+    else:
+        states = u.new_empty((0,), dtype=torch.float32)
+    return u.new_empty(b, L, d, dtype=torch.float32), states
+
+
+@torch.library.custom_op(
+    "vmunet::cross_selective_scan_backward",
+    mutates_args=(),
+    schema="(Tensor dy, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor delta_bias, "
+    "Tensor index, bool delta_softplus, Tensor states) -> Tensor[]",
+)
+def _cross_backward_op(dy, u, delta, A, B, C, D, delta_bias, index, delta_softplus, states):
+    mod, why = numba_kernels()
+    if mod is None:
+        raise RuntimeError(why)
+    return list(mod.cross_scan_backward(u, delta, A, B, C, D, delta_bias, index, delta_softplus, dy, states))
+
+
+@_cross_backward_op.register_fake
+def _cross_backward_fake(dy, u, delta, A, B, C, D, delta_bias, index, delta_softplus, states):
+    return [torch.empty_like(t, dtype=torch.float32) for t in (u, delta, A, B, C, D, delta_bias)]
+
+
+def _cross_setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, index, delta_softplus, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, index, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.delta_softplus = delta_softplus
+
+
+def _cross_backward(ctx, dy, _dstates):
+    u, delta, A, B, C, D, delta_bias, index, states = ctx.saved_tensors
+    if states.numel() == 0:
+        raise RuntimeError("cross_selective_scan: backward without saved states (save_states=False)")
+    dy = dy.contiguous() if dy is not None else torch.zeros_like(u, dtype=torch.float32)
+    grads = _cross_backward_op(dy, u, delta, A, B, C, D, delta_bias, index, ctx.delta_softplus, states)
+    return (*grads, None, None, None)
+
+
+_cross_op.register_autograd(_cross_backward, setup_context=_cross_setup_context)
+
+
+def cross_selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    index: Tensor,
+    delta_softplus: bool = True,
+) -> Tensor:
+    """Cross-scan, selective scan of every direction and cross-merge in one pass ("cpu" kernels).
+
+    Equals ``merge(selective_scan(scan(u), ...))`` with the K orders given by ``index`` (see
+    :func:`vmunet.ops.scan_orders.scan_index`: direction k reads the row-major position
+    ``index[k, t]`` at step t), without materialising the scanned copies. All tensors are
+    channels-last in row-major (memory) order and computed in float32; CPU only.
+
+    Args:
+        u: input, (batch, L, d), shared by all directions.
+        delta: time steps before bias / softplus, (batch, K, L, d), at the row-major positions.
+        A: (K * d, N), direction-major (rows k * d + c).
+        B: (batch, K, L, N), at the row-major positions.
+        C: (batch, K, L, N).
+        D: skip connection, (K * d,).
+        delta_bias: (K * d,).
+        index: (K, L) int64 row-major positions read by each direction.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+
+    Returns:
+        (batch, L, d) float32: the sum over the K directions of each direction's output at its
+        row-major position.
+
+    Example:
+        >>> import torch
+        >>> from vmunet.ops import cross_selective_scan
+        >>> from vmunet.ops.scan_orders import scan_index
+        >>> b, h, w, d, n = 1, 2, 3, 4, 2
+        >>> idx = scan_index((h, w), 4)
+        >>> y = cross_selective_scan(torch.randn(b, h * w, d), torch.randn(b, 4, h * w, d),
+        ...     -torch.rand(4 * d, n), torch.randn(b, 4, h * w, n), torch.randn(b, 4, h * w, n),
+        ...     torch.ones(4 * d), torch.zeros(4 * d), idx)
+        >>> y.shape
+        torch.Size([1, 6, 4])
+    """
+    if u.dim() != 3 or index.dim() != 2:
+        raise ValueError(
+            f"cross_selective_scan: u must be (batch, L, d) and index (K, L); "
+            f"got {_shape(u)} and {_shape(index)}"
+        )
+    b, L, d = u.shape
+    K = index.shape[0]
+    n = A.shape[-1]
+    want = {"u": (b, L, d), "delta": (b, K, L, d), "A": (K * d, n), "B": (b, K, L, n), "C": (b, K, L, n)}
+    want.update({"D": (K * d,), "delta_bias": (K * d,), "index": (K, L)})
+    got = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias, "index": index}
+    for name, t in got.items():
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"cross_selective_scan: {name} must be {want[name]}, got {_shape(t)}")
+        if t.device.type != "cpu":
+            raise ValueError(f"cross_selective_scan: {name} must be a CPU tensor, got one on {t.device}")
+
+    def prep(t: Tensor) -> Tensor:
+        return t.to(torch.float32).contiguous()
+
+    tensors = (u, delta, A, B, C, D, delta_bias)
+    save_states = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    y, _ = _cross_op(
+        *(prep(t) for t in tensors), index.to(torch.int64).contiguous(), bool(delta_softplus), save_states
+    )
+    return y

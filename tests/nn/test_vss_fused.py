@@ -1,0 +1,43 @@
+"""SSND's fused cross-scan path ("cpu" backend) against its unfused path with the "torch" backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vmunet import ops
+from vmunet.nn.vss import SS2D, SSND
+from vmunet.ops._backends import numba_kernels
+
+pytestmark = pytest.mark.skipif(numba_kernels()[0] is None, reason="numba unavailable")
+
+
+@pytest.mark.parametrize("spatial_dims,size,k", [(2, (3, 5), 4), (3, (3, 4, 5), 6), (3, (3, 4, 5), 2)])
+def test_fused_matches_unfused_torch_backend(spatial_dims, size, k, monkeypatch):
+    torch.manual_seed(0)
+    m = SSND(16, d_state=4, spatial_dims=spatial_dims, scan_directions=k, bias=True)
+    x = torch.randn(2, *size, 16, requires_grad=True)
+    m.scan_backend, m.fused_scan = "torch", None  # "torch": never fused
+    y0 = m(x)
+    g0 = torch.autograd.grad(y0.square().sum(), [x, *m.parameters()])
+    calls = []
+    real = ops.cross_selective_scan
+    monkeypatch.setattr(ops, "cross_selective_scan", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    m.scan_backend = "cpu"
+    y1 = m(x)
+    g1 = torch.autograd.grad(y1.square().sum(), [x, *m.parameters()])
+    assert calls, "the cpu backend did not take the fused path"
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+    for (name, _), a, b in zip([("x", None), *m.named_parameters()], g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_fused_can_be_switched_off(monkeypatch):
+    m = SS2D(16, d_state=4, scan_backend="cpu")
+    called = []
+    monkeypatch.setattr(ops, "cross_selective_scan", lambda *a, **kw: called.append(1))
+    m.fused_scan = False
+    x = torch.randn(1, 4, 4, 16)
+    with torch.inference_mode():
+        y = m(x)
+    assert not called and y.shape == x.shape
