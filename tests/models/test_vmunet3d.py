@@ -13,7 +13,7 @@ TINY3D = {
     "spatial_dims": 3,
     "depths": (1, 1, 1, 1),
     "depths_decoder": (1, 1, 1, 1),
-    "dims": 8,
+    "dims": 16,
     "d_state": 2,
 }
 
@@ -49,13 +49,13 @@ def test_every_parameter_gets_a_gradient_and_no_nan():
 def test_the_3d_layers_are_3d():
     model = _tiny(in_channels=1, out_channels=4)
     sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert sd["patch_embed.proj.weight"] == (8, 1, 4, 4, 2)
-    assert sd["layers.0.blocks.0.self_attention.conv3d.weight"] == (16, 1, 3, 3, 3)
+    assert sd["patch_embed.proj.weight"] == (16, 1, 4, 4, 2)
+    assert sd["layers.0.blocks.0.self_attention.conv3d.weight"] == (32, 1, 3, 3, 3)
     assert sd["layers.0.blocks.0.self_attention.x_proj_weight"][0] == 6
-    assert sd["layers.0.downsample.reduction.weight"] == (16, 64)  # 8C -> 2C
-    assert sd["layers_up.1.upsample.expand.weight"] == (8 * 32, 64)  # 2C -> 8C at C = 32
-    assert sd["final_up.expand.weight"] == (4 * 4 * 2 * 2, 8)  # C -> prod(patch) * C/4
-    assert sd["final_conv.weight"] == (4, 2, 1, 1, 1)
+    assert sd["layers.0.downsample.reduction.weight"] == (32, 128)  # 8C -> 2C
+    assert sd["layers_up.1.upsample.expand.weight"] == (8 * 64, 128)  # 2C -> 8C at C = 64
+    assert sd["final_up.expand.weight"] == (4 * 4 * 2 * 4, 16)  # C -> prod(patch) * C/4
+    assert sd["final_conv.weight"] == (4, 4, 1, 1, 1)
     assert not any("conv2d" in k for k in sd)
     assert model.patch_size == (4, 4, 2) and model.scan_directions == 6
     assert model.size_divisors == (32, 32, 16) and model.size_divisor == 32

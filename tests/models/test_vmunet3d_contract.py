@@ -69,7 +69,7 @@ def test_bundle_config_parser_instantiates_a_3d_vmunet():
                 "spatial_dims": 3,
                 "in_channels": 1,
                 "out_channels": 4,
-                "dims": 8,
+                "dims": 16,
                 "depths": [1, 1, 1, 1],
                 "depths_decoder": [1, 1, 1, 1],
                 "d_state": 2,

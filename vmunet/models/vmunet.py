@@ -38,6 +38,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Fewest channels the final patch expansion may leave per voxel in 3-D (dims[0] // max(patch)).
+#: A LayerNorm over c channels maps onto a (c - 2)-sphere: 2 channels give only +-1.
+MIN_FULL_RES_CHANNELS = 3
+
 #: The public (2-D) patch size.
 PATCH_SIZE = 4
 #: The default 3-D patch, (H, W, D) = in-plane 4 x 4, through-plane 2 (see :class:`VMUNet`).
@@ -155,7 +159,7 @@ class VMUNet(nn.Module):
         torch.Size([2, 9, 64, 64])
 
         # a small 3-D network for CT volumes (B, C, H, W, D)
-        >>> net = VMUNet(spatial_dims=3, in_channels=1, out_channels=9, dims=8, depths=(1, 1, 1, 1),
+        >>> net = VMUNet(spatial_dims=3, in_channels=1, out_channels=9, dims=16, depths=(1, 1, 1, 1),
         ...              depths_decoder=(1, 1, 1, 1), d_state=2, scan_directions=2)
         >>> net.size_divisors
         (32, 32, 16)
@@ -200,6 +204,17 @@ class VMUNet(nn.Module):
             )
         k_dirs = allowed_k[0] if scan_directions is None else int(scan_directions)
         depths, depths_decoder, dims = self._check_layout(depths, depths_decoder, dims, max(patch))
+        if spatial_dims == 3 and dims[0] // max(patch) < MIN_FULL_RES_CHANNELS:
+            # The final expansion leaves dims[0] / max(patch) channels per voxel and normalises them
+            # with a LayerNorm: over 2 channels its output is +-1 (one bit per voxel, the head then
+            # tells at most 2 classes apart: the demo3d net never predicted white matter); over 1 it
+            # is a constant. (2-D keeps the public rule for checkpoint compatibility.)
+            raise ValueError(
+                f"dims[0] must be at least {MIN_FULL_RES_CHANNELS} x the largest patch side "
+                f"({MIN_FULL_RES_CHANNELS * max(patch)} for patch_size {list(patch)}) in 3-D, got {dims[0]}: "
+                f"the final patch expansion would leave {dims[0] // max(patch)} channel(s) per voxel, "
+                "which its LayerNorm collapses to at most two values"
+            )
         _check_int("d_state", d_state, 1)
         _check_int("d_conv", d_conv, 1)
         if d_conv % 2 == 0:
@@ -734,10 +749,10 @@ def vmunet_tiny(**kwargs: Any) -> VMUNet:
 
 @register_model
 def vmunet3d_tiny(**kwargs: Any) -> VMUNet:
-    """A tiny 3-D VM-UNet for tests and smoke runs: one block per stage, dims 8, d_state 4, K = 6.
+    """A tiny 3-D VM-UNet for tests and smoke runs: one block per stage, dims 16, d_state 4, K = 6.
 
-    Patch (4, 4, 2), sizes multiples of (32, 32, 16); a forward and backward at 32^3 takes well
-    under a second on a CPU core.
+    Patch (4, 4, 2), sizes multiples of (32, 32, 16). dims 16 leaves 4 channels per voxel after the
+    final expansion (dims 8 left 2, which its LayerNorm collapses to +-1: see ``MIN_FULL_RES_CHANNELS``).
     """
     args: dict[str, Any] = {
         "spatial_dims": 3,
@@ -745,7 +760,7 @@ def vmunet3d_tiny(**kwargs: Any) -> VMUNet:
         "out_channels": 2,
         "depths": (1, 1, 1, 1),
         "depths_decoder": (1, 1, 1, 1),
-        "dims": 8,
+        "dims": 16,
         "d_state": 4,
         "patch_size": PATCH_SIZE_3D,
         "drop_path_rate": 0.1,
