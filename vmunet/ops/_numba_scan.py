@@ -137,22 +137,11 @@ _KW = dict(error_model="numpy", cache=True)
 _R = 8
 
 
-@njit(fastmath=_FM_FWD, **_KW)
-def _load_tile(u, delta, bias, softplus, D, bi, c0, W, t0, T, dtt, xt, yt):
-    """Time steps [t0, t0 + T) of one block as (T, V) tiles, lanes innermost (lanes >= W untouched):
-    dtt = dt = softplus(delta + bias) (or delta + bias), xt = dt * u, and yt = D * u, the output's
-    skip term, which ``_fwd_tile`` adds C . h to (D: zeros when absent)."""
-    W8 = W - W % _R
-    for w0 in range(0, W8, _R):
-        for t in range(T):
-            o = t * V + w0
-            for k in range(_R):
-                dtt[o + k] = delta[bi, c0 + w0 + k, t0 + t]
-                xt[o + k] = u[bi, c0 + w0 + k, t0 + t]
-    for w in range(W8, W):
-        for t in range(T):
-            dtt[t * V + w] = delta[bi, c0 + w, t0 + t]
-            xt[t * V + w] = u[bi, c0 + w, t0 + t]
+@njit(inline="always", cache=True)
+def _finish_tile(bias, softplus, D, c0, W, T, dtt, xt, yt):
+    """In place on loaded (T, V) tiles of delta and u: dtt = softplus(delta + bias) (or delta + bias),
+    xt = dt * u, yt = D * u, for the block's channels c0 .. c0 + W of bias and D. Inlined into the
+    loaders (IR inlining: it runs under their fastmath flags, which never allow reassociation)."""
     for t in range(T):  # contiguous lanes: vectorised
         o = t * V
         if softplus:
@@ -169,6 +158,25 @@ def _load_tile(u, delta, bias, softplus, D, bi, c0, W, t0, T, dtt, xt, yt):
                 dtt[o + w] = v
                 xt[o + w] = v * x
                 yt[o + w] = D[c0 + w] * x
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _load_tile(u, delta, bias, softplus, D, bi, c0, W, t0, T, dtt, xt, yt):
+    """Time steps [t0, t0 + T) of one block as (T, V) tiles, lanes innermost (lanes >= W untouched):
+    dtt = dt = softplus(delta + bias) (or delta + bias), xt = dt * u, and yt = D * u, the output's
+    skip term, which ``_fwd_tile`` adds C . h to (D: zeros when absent)."""
+    W8 = W - W % _R
+    for w0 in range(0, W8, _R):
+        for t in range(T):
+            o = t * V + w0
+            for k in range(_R):
+                dtt[o + k] = delta[bi, c0 + w0 + k, t0 + t]
+                xt[o + k] = u[bi, c0 + w0 + k, t0 + t]
+    for w in range(W8, W):
+        for t in range(T):
+            dtt[t * V + w] = delta[bi, c0 + w, t0 + t]
+            xt[t * V + w] = u[bi, c0 + w, t0 + t]
+    _finish_tile(bias, softplus, D, c0, W, T, dtt, xt, yt)
 
 
 @njit(fastmath=_FM_FWD, **_KW)
@@ -496,22 +504,7 @@ def _xload_tile(u, delta, bias, softplus, D, bi, k, c0, kc0, W, idx, t0, T, dtt,
         for w in range(W):
             dtt[o + w] = delta[bi, k, p, c0 + w]
             xt[o + w] = u[bi, p, c0 + w]
-    for t in range(T):
-        o = t * V
-        if softplus:
-            for w in range(W):
-                v, _ = _softplus_and_grad(dtt[o + w] + bias[kc0 + w])
-                x = xt[o + w]
-                dtt[o + w] = v
-                xt[o + w] = v * x
-                yt[o + w] = D[kc0 + w] * x
-        else:
-            for w in range(W):
-                v = dtt[o + w] + bias[kc0 + w]
-                x = xt[o + w]
-                dtt[o + w] = v
-                xt[o + w] = v * x
-                yt[o + w] = D[kc0 + w] * x
+    _finish_tile(bias, softplus, D, kc0, W, T, dtt, xt, yt)
 
 
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
