@@ -21,8 +21,8 @@ def test_fused_matches_unfused_torch_backend(spatial_dims, size, k, monkeypatch)
     y0 = m(x)
     g0 = torch.autograd.grad(y0.square().sum(), [x, *m.parameters()])
     calls = []
-    real = ops.cross_selective_scan
-    monkeypatch.setattr(ops, "cross_selective_scan", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = ops.cross_selective_scan_packed
+    monkeypatch.setattr(ops, "cross_selective_scan_packed", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     m.scan_backend = "cpu"
     y1 = m(x)
     g1 = torch.autograd.grad(y1.square().sum(), [x, *m.parameters()])
@@ -35,7 +35,7 @@ def test_fused_matches_unfused_torch_backend(spatial_dims, size, k, monkeypatch)
 def test_fused_can_be_switched_off(monkeypatch):
     m = SS2D(16, d_state=4, scan_backend="cpu")
     called = []
-    monkeypatch.setattr(ops, "cross_selective_scan", lambda *a, **kw: called.append(1))
+    monkeypatch.setattr(ops, "cross_selective_scan_packed", lambda *a, **kw: called.append(1))
     m.fused_scan = False
     x = torch.randn(1, 4, 4, 16)
     with torch.inference_mode():

@@ -120,7 +120,7 @@ class SSND(nn.Module):
             (``None``: the default).
 
     With the "cpu" scan backend on CPU tensors the cross-scan, the K scans and the merge run as one
-    fused op (:func:`vmunet.ops.cross_selective_scan`, same results, no scanned copies);
+    fused op (:func:`vmunet.ops.cross_selective_scan_packed`, same results, no scanned copies);
     the attribute ``fused_scan`` (``None``: on unless ``$VMUNET_FUSED_SCAN`` is "0" at import,
     ``False``: always the unfused path) selects it.
 
@@ -264,9 +264,10 @@ class SSND(nn.Module):
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The same computation channels-last, with the K directions fused into one scan op.
 
-        x_proj and dt_proj act per position, so delta, B and C of every direction are computed on
-        the un-scanned map (one matmul for all K); the op reads them, and the one shared u, at each
-        direction's positions (:func:`vmunet.ops.scan_orders.scan_index`) and returns the merged sum.
+        x_proj acts per position, so its output for every direction is computed on the un-scanned
+        map (one matmul for all K); the op reads it, and the one shared u, at each direction's
+        positions (:func:`vmunet.ops.scan_orders.scan_index`), expands the time steps through
+        dt_proj inside the kernels and returns the merged sum.
         The depthwise conv runs channels-last (measured faster than channels-first here), so its
         output is already the (B, L, d) layout the op takes.
         """
@@ -281,15 +282,11 @@ class SSND(nn.Module):
         u = u.permute(0, *range(2, n + 2), 1).reshape(b, L, d)  # a view when the conv kept channels-last
         c = r + 2 * ns
         x_dbl = (u.reshape(b * L, d) @ self.x_proj_weight.reshape(k * c, d).t()).view(b, L, k, c)
-        x_dbl = x_dbl.transpose(1, 2)  # (B, K, L, c)
-        dts, bs, cs = torch.split(x_dbl, [r, ns, ns], dim=3)
-        delta = torch.matmul(dts, self.dt_projs_weight.transpose(1, 2))  # (B, K, L, d)
-        y = ops.cross_selective_scan(
+        y = ops.cross_selective_scan_packed(
             u,
-            delta,
+            x_dbl,
+            self.dt_projs_weight,
             -torch.exp(self.A_logs.float()),
-            bs,
-            cs,
             self.Ds.float(),
             self.dt_projs_bias.float().reshape(-1),
             scan_index(size, k, device=u.device),

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from llvmlite import ir
 from numba import njit, prange
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 __all__ = ["scan_forward", "scan_backward", "cross_scan_forward", "cross_scan_backward", "LANES"]
@@ -90,6 +90,82 @@ def _exp(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1.0)
+    return p * _bits_to_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
+
+
+def _host_has_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512F (then ``llvm.ldexp`` / ``llvm.rint`` become
+    single ``vscalefps`` / ``vrndscaleps`` instructions; elsewhere ``_exp2`` assembles 2**k from bits)."""
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:  # a portable target was asked for
+        return "+avx512f" in (numba.config.CPU_FEATURES or "")
+    try:
+        from llvmlite import binding as llvm
+
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # noqa: BLE001 - feature probing only picks the faster of two exact paths
+        return False
+
+
+_AVX512 = _host_has_avx512()
+LOG2E = np.float32(1.4426950408889634)
+
+
+@intrinsic
+def _rint_f32(typingctx, x):
+    sig = types.float32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType()]), "llvm.rint.f32")
+        return builder.call(fn, [args[0]])
+
+    return sig, codegen
+
+
+@intrinsic
+def _ldexp_f32(typingctx, x, k):
+    sig = types.float32(types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.FloatType(), [ir.FloatType(), ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ldexp.f32.i32")
+        return builder.call(fn, [args[0], builder.fptosi(args[1], ir.IntType(32))])
+
+    return sig, codegen
+
+
+# 2**r on [-1/2, 1/2], degree 6 with p(0) = 1: coefficients of r**1 .. r**6 fitted for this module
+# (minimax relative error, a linear program over 4001 points, rounded to float32); evaluated in
+# float32 by Horner's rule its error is <= 1.5 * 2**-24 (tests/ops/test_numba_tiling.py checks it)
+_P2 = (
+    0.6931471824645996,
+    0.2402263730764389,
+    0.05550365149974823,
+    0.009620018303394318,
+    0.0013389581581577659,
+    0.00014902520342729986,
+)
+
+
+@njit(inline="always", cache=True)
+def _exp2(x):
+    # 2**x = 2**k * 2**r, k = rint(x), |r| <= 1/2; clamped to [-125, 127] (below: < 3e-38 instead of
+    # a subnormal; above: saturates at ~1.7e38, as ``_exp`` does). ~1 ulp; the decays exp(dt A) are
+    # 2**(dt * A log2(e)), so the Cody-Waite reduction of ``_exp`` is not needed.
+    x = min(max(x, np.float32(-125.0)), np.float32(127.0))
+    if _AVX512:
+        kf = _rint_f32(x)
+    else:
+        kf = (x + np.float32(12582912.0)) - np.float32(12582912.0)
+    r = x - kf
+    p = np.float32(_P2[5])
+    p = p * r + np.float32(_P2[4])
+    p = p * r + np.float32(_P2[3])
+    p = p * r + np.float32(_P2[2])
+    p = p * r + np.float32(_P2[1])
+    p = p * r + np.float32(_P2[0])
+    p = p * r + np.float32(1.0)
+    if _AVX512:
+        return _ldexp_f32(p, kf)
     return p * _bits_to_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
 
 
@@ -142,6 +218,7 @@ def _finish_tile(bias, softplus, D, c0, W, T, dtt, xt, yt):
     """In place on loaded (T, V) tiles of delta and u: dtt = softplus(delta + bias) (or delta + bias),
     xt = dt * u, yt = D * u, for the block's channels c0 .. c0 + W of bias and D. Inlined into the
     loaders (IR inlining: it runs under their fastmath flags, which never allow reassociation)."""
+    c0 = max(c0, 0)  # see _xload_dt
     for t in range(T):  # contiguous lanes: vectorised
         o = t * V
         if softplus:
@@ -220,7 +297,7 @@ def _fwd_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, dtt, xt, Ab, h, yt, want_y, ea):
 # overlap without runtime checks (with one array per quantity it gave up and emitted scalar code).
 _TT = 7  # per-step rows of the (T, _TT, V) tile: dt, x = dt*u, u, dy, s (-> du), q (-> d dt),
 # d dt / d delta (sigmoid(delta + bias) with softplus, else 1)
-_ST = 5  # per-state rows of the (N, _ST, V) state: A, h, g, dA, ga
+_ST = 5  # per-state rows of the (N, _ST, V) state: A, h, g, dA, A log2(e) (the decays' exponent)
 
 
 @njit(fastmath=_FM_FWD, **_KW)
@@ -272,7 +349,7 @@ def _recompute_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dCp):
             oh = (t * N + n) * 2 * V
             sC = np.float32(0.0)
             for w in range(V):
-                a = _exp(TT[ot + w] * ST[o + w])
+                a = _exp2(TT[ot + w] * ST[o + 4 * V + w])
                 hv = ST[o + V + w]
                 HA[oh + w] = hv
                 HA[oh + V + w] = a
@@ -439,6 +516,7 @@ def _backward_kernel(
             LV[V + w] = D[c0 + w]
             for n in range(N):
                 ST[n * _ST * V + w] = A[c0 + w, n]
+                ST[(n * _ST + 4) * V + w] = A[c0 + w, n] * LOG2E
                 ST[(n * _ST + 2) * V + w] = dlast[bi, c0 + w, n]
         # pass 1: forward, keeping one state per tile (and y when the caller needs it); skipped when
         # the forward saved the checkpoints and y is not needed
@@ -477,68 +555,122 @@ def _backward_kernel(
 
 # ------------------------------------------------------------------- fused cross-scan kernels
 # The direction-aware ("cross") kernels run all K scan directions of SS2D / SS3D on the un-scanned
-# feature map. Everything is channels-last: u (b, L, d) in row-major (memory) order, delta (b, K, L, d)
-# and B, C (b, K, L, N) computed per position in that order, and direction k reads step t at the
-# row-major position p = idx[k, t] (vmunet.ops.scan_orders). A step's tile row is then one contiguous
-# run of lanes whatever the direction. Work items are (batch, direction, channel block); each writes
-# its own direction's partial output y_k (b, K, L, d) at the row-major positions, summed over k
-# afterwards (no two items write the same element). The recurrences reuse the tile kernels above,
-# with one tile of B and C rows gathered into a (1, 1, TILE, N) buffer (so they see t0 = 0).
+# feature map. Everything is channels-last: u (b, L, d) in row-major (memory) order, and the
+# per-position projections xd (b, L, K, R + 2N) of every direction in that order: R columns of the
+# time step (the low-rank dt_proj input, R = dt_rank, expanded to d channels by the kernels with the
+# (K, R, d) weight wdt; or R = d columns holding delta itself), then B (N) and C (N): x_proj's output
+# as it comes, no copies. Direction k reads step t at the row-major position p = idx[k, t]
+# (vmunet.ops.scan_orders), so a step's tile row is one contiguous run of lanes whatever the
+# direction. Forward work items are (batch, direction group, channel block): a group is a direction
+# and its reverse (k, k + K/2), run one after the other into the group's partial output ybuf
+# (b, K/2, L, d) at the row-major positions, summed over groups afterwards; no two items write the
+# same element. The decays are 2**(dt * A log2 e) (``_exp2``), fused into the recurrence loop. The
+# backward's items are (batch, direction, channel block) and reuse the tile kernels above, with one
+# tile of B and C rows gathered into a (1, 1, TILE, N) buffer (so they see t0 = 0).
 
 
 @njit(fastmath=_FM_FWD, **_KW)
-def _xload_bc(Bm, Cm, bi, k, idx, t0, T, N, Bt, Ct):
-    for t in range(T):
-        p = idx[k, t0 + t]
-        for n in range(N):
-            Bt[0, 0, t, n] = Bm[bi, k, p, n]
-            Ct[0, 0, t, n] = Cm[bi, k, p, n]
-
-
-@njit(fastmath=_FM_FWD, **_KW)
-def _xload_tile(u, delta, bias, softplus, D, bi, k, c0, kc0, W, idx, t0, T, dtt, xt, yt):
-    """As ``_load_tile``, reading step t of direction k at position idx[k, t0 + t] (channels-last)."""
-    for t in range(T):
-        p = idx[k, t0 + t]
-        o = t * V
+def _xload_dt(xd, wt, lowrank, bi, k, c0, W, p, R, row, o):
+    """The time step before bias of position p, direction k, for lanes [0, W): into row[o : o + V]."""
+    # max(., 0): a runtime index LLVM cannot prove non-negative gets numba's negative-index
+    # wraparound, a select per element that turns the lane loop into a gather (measured 6x slower)
+    bi, k, c0, p, o = max(bi, 0), max(k, 0), max(c0, 0), max(p, 0), max(o, 0)
+    if lowrank:  # delta = xd[..., :R] @ wdt[k] (lanes >= W: zero weights, so zeros)
+        for w in range(V):
+            row[o + w] = 0.0
+        for j in range(R):
+            s = xd[bi, p, k, j]
+            for w in range(V):
+                row[o + w] += s * wt[j * V + w]
+    else:
         for w in range(W):
-            dtt[o + w] = delta[bi, k, p, c0 + w]
-            xt[o + w] = u[bi, p, c0 + w]
-    _finish_tile(bias, softplus, D, kc0, W, T, dtt, xt, yt)
+            row[o + w] = xd[bi, p, k, c0 + w]
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct):
+    R = xd.shape[3] - 2 * N
+    bi, k = max(bi, 0), max(k, 0)  # see _xload_dt
+    for t in range(T):
+        p = max(idx[k, t0 + t], 0)
+        for n in range(N):
+            Bt[0, 0, t, n] = xd[bi, p, k, R + n]
+            Ct[0, 0, t, n] = xd[bi, p, k, R + N + n]
+
+
+@njit(fastmath=_FM_FWD, **_KW)
+def _xfwd_tile(Bt, Ct, T, N, dtt, xt, A2, h, yt):
+    """As ``_fwd_tile`` with the decays 2**(dt A log2 e) computed in the recurrence loop (``_exp2`` needs
+    few enough constants for the registers); A2 = A log2(e) as (N, V)."""
+    for t in range(T):
+        ot = t * V
+        for n in range(N):
+            bn = Bt[0, 0, t, n]
+            cn = Ct[0, 0, t, n]
+            o = n * V
+            for w in range(V):
+                hn = _exp2(dtt[ot + w] * A2[o + w]) * h[o + w] + xt[ot + w] * bn
+                h[o + w] = hn
+                yt[ot + w] += hn * cn
 
 
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
 def _xforward_kernel(
-    u, delta, bias, softplus, A, Bm, Cm, D, idx, yk, y, ck, want_ck, blk_b, blk_k, blk_c, blk_w
+    u, xd, wdt, lowrank, bias, softplus, A, D, idx, ybuf, ck, want_ck, blk_b, blk_g, blk_c, blk_w
 ):  # fmt: skip
     L = u.shape[1]
     d = u.shape[2]
     N = A.shape[1]
+    G = ybuf.shape[1]
+    K = idx.shape[0]
+    R = xd.shape[3] - 2 * N
     for i in prange(blk_b.shape[0]):
-        bi = blk_b[i]
-        k = blk_k[i]
-        c0 = blk_c[i]
+        bi = max(blk_b[i], 0)  # max(., 0): see _xload_dt
+        g = max(blk_g[i], 0)
+        c0 = max(blk_c[i], 0)
         W = blk_w[i]
-        kc0 = k * d + c0
-        dtt, xt, yt, ea, Ab, h = _fwd_scratch(A, kc0, W)
+        dtt = np.zeros(TILE * V, np.float32)
+        xt = np.zeros(TILE * V, np.float32)
+        yt = np.zeros(TILE * V, np.float32)
+        A2 = np.zeros(N * V, np.float32)
+        h = np.zeros(N * V, np.float32)
+        wt = np.zeros(R * V if lowrank else 1, np.float32)
         Bt = np.zeros((1, 1, TILE, N), np.float32)
         Ct = np.zeros((1, 1, TILE, N), np.float32)
-        for t0 in range(0, L, TILE):
-            T = min(TILE, L - t0)
-            if want_ck:
-                kt = t0 // TILE
+        for k in range(g, K, G):  # the group's directions, one after the other
+            first = k == g
+            kc0 = max(k * d + c0, 0)
+            for w in range(W):
                 for n in range(N):
+                    A2[n * V + w] = A[kc0 + w, n] * LOG2E
+                    h[n * V + w] = 0.0
+                if lowrank:
+                    for j in range(R):
+                        wt[j * V + w] = wdt[k, j, c0 + w]
+            for t0 in range(0, L, TILE):
+                T = min(TILE, L - t0)
+                if want_ck:
+                    kt = t0 // TILE
+                    for n in range(N):
+                        for w in range(W):
+                            ck[bi, k, kt, n, c0 + w] = h[n * V + w]
+                _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct)
+                for t in range(T):
+                    p = max(idx[k, t0 + t], 0)
                     for w in range(W):
-                        ck[bi, k, kt, n, c0 + w] = h[n * V + w]
-            _xload_bc(Bm, Cm, bi, k, idx, t0, T, N, Bt, Ct)
-            _xload_tile(u, delta, bias, softplus, D, bi, k, c0, kc0, W, idx, t0, T, dtt, xt, yt)
-            _fwd_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, dtt, xt, Ab, h, yt, True, ea)
-            for t in range(T):
-                p = idx[k, t0 + t]
-                o = t * V
-                for w in range(W):
-                    yk[bi, k, p, c0 + w] = yt[o + w]
-    _sum_directions(yk, y)
+                        xt[t * V + w] = u[bi, p, c0 + w]
+                    _xload_dt(xd, wt, lowrank, bi, k, c0, W, p, R, dtt, t * V)
+                _finish_tile(bias, softplus, D, kc0, W, T, dtt, xt, yt)
+                _xfwd_tile(Bt, Ct, T, N, dtt, xt, A2, h, yt)
+                for t in range(T):
+                    p = max(idx[k, t0 + t], 0)
+                    o = t * V
+                    if first:
+                        for w in range(W):
+                            ybuf[bi, g, p, c0 + w] = yt[o + w]
+                    else:
+                        for w in range(W):
+                            ybuf[bi, g, p, c0 + w] += yt[o + w]
 
 
 @njit(parallel=True, fastmath=_FM_FWD, **_KW)
@@ -559,12 +691,14 @@ def _sum_directions(yk, y):
 
 
 @njit(fastmath=_FM_FWD, **_KW)
-def _xload_tile_bwd(u, delta, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT):
+def _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT):
+    """As ``_load_tile_bwd``, reading step t of direction k at position idx[k, t0 + t] (channels-last)."""
+    bi, k, c0 = max(bi, 0), max(k, 0), max(c0, 0)  # see _xload_dt
     for t in range(T):
-        p = idx[k, t0 + t]
+        p = max(idx[k, t0 + t], 0)
         o = t * _TT * V
+        _xload_dt(xd, wt, lowrank, bi, k, c0, W, p, R, TT, o)
         for w in range(W):
-            TT[o + w] = delta[bi, k, p, c0 + w]
             TT[o + 2 * V + w] = u[bi, p, c0 + w]
             TT[o + 3 * V + w] = dy[bi, p, c0 + w]
     for t in range(T):
@@ -585,23 +719,25 @@ def _xload_tile_bwd(u, delta, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT):
 
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _xbackward_kernel(
-    u, delta, bias, softplus, A, Bm, Cm, D, idx, dy, ckin, duk, ddelta, dA_part, dB_part, dC_part,
+    u, xd, wdt, lowrank, bias, softplus, A, D, idx, dy, ckin, duk, ddelta, dA_part, dB_part, dC_part,
     dD_part, dbias_part, du, blk_b, blk_k, blk_c, blk_w,
 ):  # fmt: skip
     L = u.shape[1]
     d = u.shape[2]
     N = A.shape[1]
+    R = xd.shape[3] - 2 * N
     ntile = (L + TILE - 1) // TILE
     for i in prange(blk_b.shape[0]):
-        bi = blk_b[i]
-        k = blk_k[i]
-        c0 = blk_c[i]
+        bi = max(blk_b[i], 0)  # max(., 0): see _xload_dt
+        k = max(blk_k[i], 0)
+        c0 = max(blk_c[i], 0)
         W = blk_w[i]
-        kc0 = k * d + c0
+        kc0 = max(k * d + c0, 0)
         TT = np.zeros(TILE * _TT * V, np.float32)
         ST = np.zeros(N * _ST * V, np.float32)  # g rows: dL/d last state = 0
         HA = np.empty(TILE * N * 2 * V, np.float32)
         LV = np.zeros(4 * V, np.float32)
+        wt = np.zeros(R * V if lowrank else 1, np.float32)
         Bt = np.zeros((1, 1, TILE, N), np.float32)
         Ct = np.zeros((1, 1, TILE, N), np.float32)
         dBt = np.zeros((TILE, N), np.float32)
@@ -611,14 +747,18 @@ def _xbackward_kernel(
             LV[V + w] = D[kc0 + w]
             for n in range(N):
                 ST[n * _ST * V + w] = A[kc0 + w, n]
+                ST[(n * _ST + 4) * V + w] = A[kc0 + w, n] * LOG2E
+            if lowrank:
+                for j in range(R):
+                    wt[j * V + w] = wdt[k, j, c0 + w]
         for kt in range(ntile - 1, -1, -1):
             t0 = kt * TILE
             T = min(TILE, L - t0)
             for n in range(N):
                 for w in range(W):
                     ST[(n * _ST + 1) * V + w] = ckin[bi, k, kt, n, c0 + w]
-            _xload_bc(Bm, Cm, bi, k, idx, t0, T, N, Bt, Ct)
-            _xload_tile_bwd(u, delta, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
+            _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct)
+            _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
             dBt[:] = 0.0
             dCt[:] = 0.0
             _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
@@ -633,7 +773,7 @@ def _xbackward_kernel(
                     LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
                     LV[3 * V + w] += g
             for t in range(T):
-                p = idx[k, t0 + t]
+                p = max(idx[k, t0 + t], 0)
                 ot = t * _TT * V
                 for w in range(W):
                     duk[bi, k, p, c0 + w] = TT[ot + 4 * V + w]
@@ -650,63 +790,86 @@ def _xbackward_kernel(
     _sum_directions(duk, du)
 
 
-def _xblocks(batch: int, K: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Work items (batch, direction, channel block of <= LANES channels), batch slowest, then direction."""
+def _xblocks(batch: int, groups: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Work items (batch, group, channel block of <= LANES channels), batch slowest, then group; the
+    forward's groups are direction pairs, the backward's single directions."""
     nb = -(-dim // LANES)
     width = -(-dim // nb)
     starts = np.arange(0, dim, width, dtype=np.int64)
     widths = np.minimum(width, dim - starts)
     nc = starts.shape[0]
-    blk_b = np.repeat(np.arange(batch, dtype=np.int64), K * nc)
-    blk_k = np.tile(np.repeat(np.arange(K, dtype=np.int64), nc), batch)
-    return blk_b, blk_k, np.tile(starts, batch * K), np.tile(widths, batch * K)
+    blk_b = np.repeat(np.arange(batch, dtype=np.int64), groups * nc)
+    blk_g = np.tile(np.repeat(np.arange(groups, dtype=np.int64), nc), batch)
+    return blk_b, blk_g, np.tile(starts, batch * groups), np.tile(widths, batch * groups)
 
 
-def cross_scan_forward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool, save_states: bool = False):
+def _dt_weight(wdt, like: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    """(low-rank?, the (K, R, d) float32 weight the kernels read) from dt_proj's (K, d, R) or None."""
+    if wdt is None or wdt.numel() == 0:
+        return False, like.new_zeros(1, 1, 1)
+    return True, wdt.detach().to(torch.float32).transpose(1, 2).contiguous()
+
+
+def cross_scan_forward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, save_states: bool = False):
     """Fused K-direction scan, channels-last (see the section comment above).
 
-    u (b, L, d); delta (b, K, L, d); A (K * d, N); Bm, Cm (b, K, L, N); D, delta_bias (K * d,);
-    idx (K, L) int64 row-major positions. Returns y = sum_k y_k, (b, L, d), and the state before every
-    tile, (b, K, ceil(L / TILE), N, d) (empty without ``save_states``)."""
-    u, delta, A, Bm, Cm, D, delta_bias = _f32(u, delta, A, Bm, Cm, D, delta_bias)
+    u (b, L, d); xd (b, L, K, R + 2N): the time-step columns, B, C of each direction; wdt (K, d, R),
+    delta = xd[..., :R] @ wdt[k].T, or None (R == d: xd[..., :d] is delta); A (K * d, N); D,
+    delta_bias (K * d,); idx (K, L) int64 row-major positions. Returns y = sum_k y_k, (b, L, d), and
+    the state before every tile, (b, K, ceil(L / TILE), N, d) (empty without ``save_states``)."""
+    u, xd, A, D, delta_bias = _f32(u, xd, A, D, delta_bias)
     b, L, d = u.shape
-    K = delta.shape[1]
+    K = idx.shape[0]
     N = A.shape[1]
-    yk = u.new_empty(b, K, L, d)
-    y = torch.empty_like(u)
+    lowrank, wt = _dt_weight(wdt, u)
+    groups = K // 2 if K % 2 == 0 else K
+    ybuf = u.new_empty(b, groups, L, d)
     ck = u.new_empty(b, K, -(-L // TILE), N, d) if save_states else u.new_empty(1, 1, 1, 1, 1)
     _xforward_kernel(
-        _np(u), _np(delta), _np(delta_bias), bool(softplus), _np(A), _np(Bm), _np(Cm), _np(D),
-        _np(idx), yk.numpy(), y.numpy(), ck.numpy(), save_states, *_xblocks(b, K, d)
+        _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
+        ybuf.numpy(), ck.numpy(), save_states, *_xblocks(b, groups, d)
     )  # fmt: skip
+    if groups == 1:
+        y = ybuf[:, 0]
+    else:
+        y = u.new_empty(b, L, d)
+        _sum_directions(ybuf.numpy(), y.numpy())
     return y, (ck if save_states else u.new_empty((0,)))
 
 
-def cross_scan_backward(u, delta, A, Bm, Cm, D, delta_bias, idx, softplus: bool, dy, states):
-    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of ``cross_scan_forward`` from dL/dy and its
-    saved states."""
-    u, delta, A, Bm, Cm, D, delta_bias, dy, states = _f32(u, delta, A, Bm, Cm, D, delta_bias, dy, states)
+def cross_scan_backward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, dy, states):
+    """Gradients (du, dxd, dwdt, dA, dD, ddelta_bias) of ``cross_scan_forward`` from dL/dy and its
+    saved states; dwdt is None without wdt."""
+    u, xd, A, D, delta_bias, dy, states = _f32(u, xd, A, D, delta_bias, dy, states)
     b, L, d = u.shape
-    K = delta.shape[1]
+    K = idx.shape[0]
     N = A.shape[1]
+    R = xd.shape[3] - 2 * N
+    lowrank, wt = _dt_weight(wdt, u)
     blocks = _xblocks(b, K, d)
     nblk = blocks[0].shape[0]
     duk = u.new_empty(b, K, L, d)
     du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
+    ddelta = u.new_empty(b, K, L, d)
     dA_part = u.new_empty(b, K * d, N)
     dB_part = u.new_empty(nblk, L, N)
     dC_part = u.new_empty(nblk, L, N)
     dD_part = u.new_empty(b, K * d)
     dbias_part = u.new_empty(b, K * d)
     _xbackward_kernel(
-        _np(u), _np(delta), _np(delta_bias), bool(softplus), _np(A), _np(Bm), _np(Cm), _np(D), _np(idx),
+        _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
         _np(dy), _np(states), duk.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(),
         dC_part.numpy(), dD_part.numpy(), dbias_part.numpy(), du.numpy(), *blocks,
     )  # fmt: skip
     dB = dB_part.view(b, K, -1, L, N).sum(2)
     dC = dC_part.view(b, K, -1, L, N).sum(2)
-    return du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0)
+    dwdt = None
+    if lowrank:  # delta = dts @ wdt[k].T: the two products of a linear layer, per direction
+        dts = xd[..., :R].transpose(1, 2)  # (b, K, L, R)
+        dwdt = torch.matmul(ddelta.transpose(2, 3), dts).sum(0)  # (K, d, R)
+        ddelta = torch.matmul(ddelta, wdt.to(torch.float32))  # (b, K, L, R)
+    dxd = torch.cat([ddelta, dB, dC], dim=3).transpose(1, 2).contiguous()
+    return du, dxd, dwdt, dA_part.sum(0), dD_part.sum(0), dbias_part.sum(0)
 
 
 # --------------------------------------------------------------------------------------- wrappers

@@ -34,7 +34,7 @@ from vmunet.ops._backends import (
 )
 from vmunet.ops._reference import selective_scan_reference
 
-__all__ = ["selective_scan", "cross_selective_scan"]
+__all__ = ["selective_scan", "cross_selective_scan", "cross_selective_scan_packed"]
 
 Tensor = torch.Tensor
 
@@ -353,24 +353,28 @@ def selective_scan(
 
 
 # --------------------------------------------------------------------------- fused cross-scan + scan
+# The op takes x_proj's output as it comes, xd (b, L, K, R + 2N): each direction's time-step
+# columns, B and C at the row-major positions. With dt_weight (K, d, R) the kernels expand the R
+# columns to delta = xd[..., :R] @ dt_weight[k].T themselves (dt_proj folded in: no (b, K, L, d) delta
+# in memory); with an empty dt_weight the first R = d columns are delta.
 @torch.library.custom_op(
     "vmunet::cross_selective_scan",
     mutates_args=(),
-    schema="(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor delta_bias, "
-    "Tensor index, bool delta_softplus, bool save_states) -> (Tensor, Tensor)",
+    schema="(Tensor u, Tensor xd, Tensor dt_weight, Tensor A, Tensor D, Tensor delta_bias, Tensor index, "
+    "bool delta_softplus, bool save_states) -> (Tensor, Tensor)",
 )
-def _cross_op(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save_states):
+def _cross_op(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, save_states):
     mod, why = numba_kernels()
     if mod is None:
         raise RuntimeError(why)
-    return mod.cross_scan_forward(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save_states)
+    return mod.cross_scan_forward(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, save_states)
 
 
 @_cross_op.register_fake
-def _cross_op_fake(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save_states):
+def _cross_op_fake(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, save_states):
     b, L, d = u.shape
     if save_states:
-        states = u.new_empty(b, delta.shape[1], -(-L // _CPU_TILE), A.shape[1], d, dtype=torch.float32)
+        states = u.new_empty(b, index.shape[0], -(-L // _CPU_TILE), A.shape[1], d, dtype=torch.float32)
     else:
         states = u.new_empty((0,), dtype=torch.float32)
     return u.new_empty(b, L, d, dtype=torch.float32), states
@@ -379,38 +383,125 @@ def _cross_op_fake(u, delta, A, B, C, D, delta_bias, index, delta_softplus, save
 @torch.library.custom_op(
     "vmunet::cross_selective_scan_backward",
     mutates_args=(),
-    schema="(Tensor dy, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor delta_bias, "
+    schema="(Tensor dy, Tensor u, Tensor xd, Tensor dt_weight, Tensor A, Tensor D, Tensor delta_bias, "
     "Tensor index, bool delta_softplus, Tensor states) -> Tensor[]",
 )
-def _cross_backward_op(dy, u, delta, A, B, C, D, delta_bias, index, delta_softplus, states):
+def _cross_backward_op(dy, u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, states):
     mod, why = numba_kernels()
     if mod is None:
         raise RuntimeError(why)
-    return list(mod.cross_scan_backward(u, delta, A, B, C, D, delta_bias, index, delta_softplus, dy, states))
+    du, dxd, dw, dA, dD, dbias = mod.cross_scan_backward(
+        u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, dy, states
+    )
+    return [du, dxd, dw if dw is not None else torch.zeros_like(dt_weight, dtype=torch.float32), dA, dD, dbias]
 
 
 @_cross_backward_op.register_fake
-def _cross_backward_fake(dy, u, delta, A, B, C, D, delta_bias, index, delta_softplus, states):
-    return [torch.empty_like(t, dtype=torch.float32) for t in (u, delta, A, B, C, D, delta_bias)]
+def _cross_backward_fake(dy, u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, states):
+    return [torch.empty_like(t, dtype=torch.float32) for t in (u, xd, dt_weight, A, D, delta_bias)]
 
 
 def _cross_setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, index, delta_softplus, _ = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, index, output[1])
+    u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, _ = inputs
+    ctx.save_for_backward(u, xd, dt_weight, A, D, delta_bias, index, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.delta_softplus = delta_softplus
 
 
 def _cross_backward(ctx, dy, _dstates):
-    u, delta, A, B, C, D, delta_bias, index, states = ctx.saved_tensors
+    u, xd, dt_weight, A, D, delta_bias, index, states = ctx.saved_tensors
     if states.numel() == 0:
         raise RuntimeError("cross_selective_scan: backward without saved states (save_states=False)")
     dy = dy.contiguous() if dy is not None else torch.zeros_like(u, dtype=torch.float32)
-    grads = _cross_backward_op(dy, u, delta, A, B, C, D, delta_bias, index, ctx.delta_softplus, states)
+    grads = _cross_backward_op(dy, u, xd, dt_weight, A, D, delta_bias, index, ctx.delta_softplus, states)
     return (*grads, None, None, None)
 
 
 _cross_op.register_autograd(_cross_backward, setup_context=_cross_setup_context)
+
+
+def _check_cpu(fn: str, tensors: dict[str, Tensor]) -> None:
+    for name, t in tensors.items():
+        if t.device.type != "cpu":
+            raise ValueError(f"{fn}: {name} must be a CPU tensor, got one on {t.device}")
+
+
+def _run_cross(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus) -> Tensor:
+    def prep(t: Tensor) -> Tensor:
+        return t.to(torch.float32).contiguous()
+
+    tensors = (u, xd, dt_weight, A, D, delta_bias)
+    save_states = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    y, _ = _cross_op(
+        *(prep(t) for t in tensors), index.to(torch.int64).contiguous(), bool(delta_softplus), save_states
+    )
+    return y
+
+
+def cross_selective_scan_packed(
+    u: Tensor,
+    x_dbl: Tensor,
+    dt_weight: Tensor | None,
+    A: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    index: Tensor,
+    delta_softplus: bool = True,
+) -> Tensor:
+    """:func:`cross_selective_scan` on x_proj's packed output, with dt_proj folded into the kernels.
+
+    SSND's fused path: the per-position projections of all K directions stay in the one tensor
+    x_proj writes, and the time steps are expanded from rank R to d channels inside the scan, so
+    neither the (batch, K, L, d) delta nor separate B and C copies are ever made.
+
+    Args:
+        u: input, (batch, L, d), shared by all directions.
+        x_dbl: (batch, L, K, R + 2 * N): per position and direction, the R time-step inputs of
+            dt_proj (or, without ``dt_weight``, R = d columns of delta itself), then B (N), then C (N).
+        dt_weight: dt_proj's weight, (K, d, R): delta[k] = x_dbl[:, :, k, :R] @ dt_weight[k].T; or
+            None (x_dbl's first d columns are delta).
+        A: (K * d, N), direction-major (rows k * d + c).
+        D: skip connection, (K * d,).
+        delta_bias: (K * d,).
+        index: (K, L) int64 row-major positions read by each direction.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+
+    Returns:
+        (batch, L, d) float32, as :func:`cross_selective_scan`.
+
+    Example:
+        >>> import torch
+        >>> from vmunet.ops import cross_selective_scan_packed
+        >>> from vmunet.ops.scan_orders import scan_index
+        >>> b, h, w, d, n, r = 1, 2, 3, 4, 2, 1
+        >>> y = cross_selective_scan_packed(torch.randn(b, h * w, d), torch.randn(b, h * w, 4, r + 2 * n),
+        ...     torch.randn(4, d, r), -torch.rand(4 * d, n), torch.ones(4 * d), torch.zeros(4 * d),
+        ...     scan_index((h, w), 4))
+        >>> y.shape
+        torch.Size([1, 6, 4])
+    """
+    fn = "cross_selective_scan_packed"
+    if u.dim() != 3 or index.dim() != 2 or x_dbl.dim() != 4:
+        raise ValueError(
+            f"{fn}: u must be (batch, L, d), x_dbl (batch, L, K, R + 2N) and index (K, L); "
+            f"got {_shape(u)}, {_shape(x_dbl)} and {_shape(index)}"
+        )
+    b, L, d = u.shape
+    K = index.shape[0]
+    n = A.shape[-1]
+    r = d if dt_weight is None else dt_weight.shape[-1]
+    want = {"u": (b, L, d), "x_dbl": (b, L, K, r + 2 * n), "A": (K * d, n), "D": (K * d,)}
+    want.update({"delta_bias": (K * d,), "index": (K, L)})
+    got = {"u": u, "x_dbl": x_dbl, "A": A, "D": D, "delta_bias": delta_bias, "index": index}
+    if dt_weight is not None:
+        want["dt_weight"] = (K, d, r)
+        got["dt_weight"] = dt_weight
+    for name, t in got.items():
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"{fn}: {name} must be {want[name]}, got {_shape(t)}")
+    _check_cpu(fn, got)
+    w = dt_weight if dt_weight is not None else u.new_empty((0,))
+    return _run_cross(u, x_dbl, w, A, D, delta_bias, index, delta_softplus)
 
 
 def cross_selective_scan(
@@ -429,7 +520,8 @@ def cross_selective_scan(
     Equals ``merge(selective_scan(scan(u), ...))`` with the K orders given by ``index`` (see
     :func:`vmunet.ops.scan_orders.scan_index`: direction k reads the row-major position
     ``index[k, t]`` at step t), without materialising the scanned copies. All tensors are
-    channels-last in row-major (memory) order and computed in float32; CPU only.
+    channels-last in row-major (memory) order and computed in float32; CPU only. (SSND calls
+    :func:`cross_selective_scan_packed`, which takes x_proj's output without repacking it.)
 
     Args:
         u: input, (batch, L, d), shared by all directions.
@@ -472,15 +564,7 @@ def cross_selective_scan(
     for name, t in got.items():
         if tuple(t.shape) != want[name]:
             raise ValueError(f"cross_selective_scan: {name} must be {want[name]}, got {_shape(t)}")
-        if t.device.type != "cpu":
-            raise ValueError(f"cross_selective_scan: {name} must be a CPU tensor, got one on {t.device}")
-
-    def prep(t: Tensor) -> Tensor:
-        return t.to(torch.float32).contiguous()
-
-    tensors = (u, delta, A, B, C, D, delta_bias)
-    save_states = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    y, _ = _cross_op(
-        *(prep(t) for t in tensors), index.to(torch.int64).contiguous(), bool(delta_softplus), save_states
-    )
-    return y
+    _check_cpu("cross_selective_scan", got)
+    f32 = torch.float32
+    xd = torch.cat([delta.to(f32), B.to(f32), C.to(f32)], dim=3).transpose(1, 2)  # (b, L, K, d + 2N)
+    return _run_cross(u, xd, u.new_empty((0,)), A, D, delta_bias, index, delta_softplus)
