@@ -22,7 +22,9 @@ def test_fused_matches_unfused_torch_backend(spatial_dims, size, k, monkeypatch)
     g0 = torch.autograd.grad(y0.square().sum(), [x, *m.parameters()])
     calls = []
     real = ops.cross_selective_scan_packed
-    monkeypatch.setattr(ops, "cross_selective_scan_packed", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(
+        ops, "cross_selective_scan_packed", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
     m.scan_backend = "cpu"
     y1 = m(x)
     g1 = torch.autograd.grad(y1.square().sum(), [x, *m.parameters()])

@@ -115,7 +115,8 @@ def _rint_f32(typingctx, x):
     sig = types.float32(types.float32)
 
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType()]), "llvm.rint.f32")
+        fnty = ir.FunctionType(ir.FloatType(), [ir.FloatType()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.rint.f32")
         return builder.call(fn, [args[0]])
 
     return sig, codegen

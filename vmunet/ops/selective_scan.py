@@ -393,7 +393,9 @@ def _cross_backward_op(dy, u, xd, dt_weight, A, D, delta_bias, index, delta_soft
     du, dxd, dw, dA, dD, dbias = mod.cross_scan_backward(
         u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, dy, states
     )
-    return [du, dxd, dw if dw is not None else torch.zeros_like(dt_weight, dtype=torch.float32), dA, dD, dbias]
+    if dw is None:  # no dt_weight: an empty placeholder
+        dw = torch.zeros_like(dt_weight, dtype=torch.float32)
+    return [du, dxd, dw, dA, dD, dbias]
 
 
 @_cross_backward_op.register_fake
