@@ -575,7 +575,7 @@ def _xload_dt(xd, wt, lowrank, bi, k, c0, W, p, R, row, o):
     """The time step before bias of position p, direction k, for lanes [0, W): into row[o : o + V]."""
     # max(., 0): a runtime index LLVM cannot prove non-negative gets numba's negative-index
     # wraparound, a select per element that turns the lane loop into a gather (measured 6x slower)
-    bi, k, c0, p, o = max(bi, 0), max(k, 0), max(c0, 0), max(p, 0), max(o, 0)
+    bi, k, c0, p, o, R = max(bi, 0), max(k, 0), max(c0, 0), max(p, 0), max(o, 0), max(R, 0)
     if lowrank:  # delta = xd[..., :R] @ wdt[k] (lanes >= W: zero weights, so zeros)
         for w in range(V):
             row[o + w] = 0.0
@@ -590,12 +590,13 @@ def _xload_dt(xd, wt, lowrank, bi, k, c0, W, p, R, row, o):
 
 @njit(fastmath=_FM_FWD, **_KW)
 def _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct):
-    R = xd.shape[3] - 2 * N
+    R = max(xd.shape[3] - 2 * N, 0)
     bi, k = max(bi, 0), max(k, 0)  # see _xload_dt
     for t in range(T):
         p = max(idx[k, t0 + t], 0)
         for n in range(N):
             Bt[0, 0, t, n] = xd[bi, p, k, R + n]
+        for n in range(N):
             Ct[0, 0, t, n] = xd[bi, p, k, R + N + n]
 
 

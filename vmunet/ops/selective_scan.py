@@ -407,6 +407,7 @@ def _cross_setup_context(ctx, inputs, output):
     u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, _ = inputs
     ctx.save_for_backward(u, xd, dt_weight, A, D, delta_bias, index, output[1])
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # else autograd fills a zero "gradient" of the saved states
     ctx.delta_softplus = delta_softplus
 
 
