@@ -43,3 +43,14 @@ def test_fused_can_be_switched_off(monkeypatch):
     with torch.inference_mode():
         y = m(x)
     assert not called and y.shape == x.shape
+
+
+def test_index_cached_under_inference_mode_serves_training():
+    # the scan-order map is cached per grid; one first built under inference_mode must still be
+    # usable by autograd (inference tensors cannot be saved for backward)
+    m = SS2D(16, d_state=4, scan_backend="cpu")
+    x = torch.randn(1, 3, 7, 16)  # a grid no other test uses
+    with torch.inference_mode():
+        m(x)
+    m(x).sum().backward()
+    assert m.x_proj_weight.grad is not None and torch.isfinite(m.x_proj_weight.grad).all()

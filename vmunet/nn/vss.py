@@ -15,6 +15,7 @@ scan backend runs it unchanged.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -83,6 +84,15 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+@functools.lru_cache(maxsize=64)
+def _scan_index_cpu(size: tuple[int, ...], k: int) -> torch.Tensor:
+    """``scan_index`` on the CPU, built once per grid (the fused op only reads it). Built outside
+    inference mode, so that a map first made under ``torch.inference_mode`` can still be saved for a
+    later backward."""
+    with torch.inference_mode(False):
+        return scan_index(size, k)
 
 
 class SSND(nn.Module):
@@ -275,26 +285,39 @@ class SSND(nn.Module):
         n = len(size)
         d, k, r, ns = self.d_inner, self.scan_directions, self.dt_rank, self.d_state
         L = math.prod(size)
-        xi, z = self.in_proj(x).chunk(2, dim=-1)
+        xz = self.in_proj(x)
+        xi, z = xz.chunk(2, dim=-1)
         conv = getattr(self, self._conv_name)
         fmt = torch.channels_last if n == 2 else torch.channels_last_3d
         u = self.act(conv(xi.permute(0, n + 1, *range(1, n + 1)).contiguous(memory_format=fmt)))
         u = u.permute(0, *range(2, n + 2), 1).reshape(b, L, d)  # a view when the conv kept channels-last
         c = r + 2 * ns
         x_dbl = (u.reshape(b * L, d) @ self.x_proj_weight.reshape(k * c, d).t()).view(b, L, k, c)
-        y = ops.cross_selective_scan_packed(
+        args = (
             u,
             x_dbl,
             self.dt_projs_weight,
             -torch.exp(self.A_logs.float()),
             self.Ds.float(),
             self.dt_projs_bias.float().reshape(-1),
-            scan_index(size, k, device=u.device),
-            delta_softplus=True,
+            _scan_index_cpu(tuple(size), k),
         )
+        if self._gate_fused(x):  # inference: the norm and the gate run inside the op, in one pass
+            xz = xz.view(b, L, 2 * d)
+            y = ops.cross_selective_scan_gated(*args, xz, self.out_norm, delta_softplus=True)
+            return self.dropout(self.out_proj(y.view(b, *size, d)))
+        y = ops.cross_selective_scan_packed(*args, delta_softplus=True)
         y = self.out_norm(y.view(b, *size, d))
         y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
+
+    def _gate_fused(self, x: torch.Tensor) -> bool:
+        """Whether no gradient is needed here (then the output gate is fused into the scan op)."""
+        if x.dtype != torch.float32 or not isinstance(self.out_norm, nn.LayerNorm):
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
 
 class SS2D(SSND):

@@ -21,7 +21,12 @@ from vmunet.ops.cross_scan import (
     cross_scan_2d,
     cross_scan_3d,
 )
-from vmunet.ops.selective_scan import cross_selective_scan, cross_selective_scan_packed, selective_scan
+from vmunet.ops.selective_scan import (
+    cross_selective_scan,
+    cross_selective_scan_gated,
+    cross_selective_scan_packed,
+    selective_scan,
+)
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +36,7 @@ __all__ = [
     "available_backends",
     "cross_merge_2d",
     "cross_selective_scan",
+    "cross_selective_scan_gated",
     "cross_selective_scan_packed",
     "cross_merge_3d",
     "cross_scan_2d",

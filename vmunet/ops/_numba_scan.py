@@ -692,6 +692,39 @@ def _sum_directions(yk, y):
                     y[bi, p, c] += yk[bi, k, p, c]
 
 
+@njit(parallel=True, fastmath=_FM_FWD, **_KW)
+def _gate_epilogue(ybuf, xz, weight, bias, eps, out):
+    """SSND's output gate, for inference: out[b, p] = LayerNorm(sum_g ybuf[b, g, p]) * silu(z[b, p]) with
+    z = xz[b, p, d:] (in_proj's second half), in one pass over positions instead of the sum, the norm,
+    the SiLU and the product as four. Mean and variance in two passes over the row (float32)."""
+    b, G, L, d = ybuf.shape
+    rows = 16
+    nr = (L + rows - 1) // rows
+    for j in prange(b * nr):
+        bi = j // nr
+        p0 = (j % nr) * rows
+        row = np.empty(d, np.float32)
+        for p in range(p0, min(p0 + rows, L)):
+            for c in range(d):
+                row[c] = ybuf[bi, 0, p, c]
+            for g in range(1, G):
+                for c in range(d):
+                    row[c] += ybuf[bi, g, p, c]
+            m = np.float32(0.0)
+            for c in range(d):
+                m += row[c]
+            m = m / np.float32(d)
+            v = np.float32(0.0)
+            for c in range(d):
+                e = row[c] - m
+                v += e * e
+            rstd = np.float32(1.0) / np.sqrt(v / np.float32(d) + eps)
+            for c in range(d):
+                zc = xz[bi, p, d + c]
+                gate = zc / (np.float32(1.0) + _exp(-zc))
+                out[bi, p, c] = ((row[c] - m) * rstd * weight[c] + bias[c]) * gate
+
+
 @njit(fastmath=_FM_FWD, **_KW)
 def _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT):
     """As ``_load_tile_bwd``, reading step t of direction k at position idx[k, t0 + t] (channels-last)."""
@@ -837,6 +870,26 @@ def cross_scan_forward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, save_s
         y = u.new_empty(b, L, d)
         _sum_directions(ybuf.numpy(), y.numpy())
     return y, (ck if save_states else u.new_empty((0,)))
+
+
+def cross_scan_forward_gated(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, xz, weight, bias, eps: float):
+    """``cross_scan_forward`` followed by SSND's gate, LayerNorm(y) * silu(xz[..., d:]), fused (inference).
+
+    xz: in_proj's output (b, L, 2d); weight, bias: the LayerNorm's (d,). Returns (b, L, d) float32."""
+    u, xd, A, D, delta_bias, xz, weight, bias = _f32(u, xd, A, D, delta_bias, xz, weight, bias)
+    b, L, d = u.shape
+    K = idx.shape[0]
+    lowrank, wt = _dt_weight(wdt, u)
+    groups = K // 2 if K % 2 == 0 else K
+    ybuf = u.new_empty(b, groups, L, d)
+    ck = u.new_empty(1, 1, 1, 1, 1)
+    _xforward_kernel(
+        _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
+        ybuf.numpy(), ck.numpy(), False, *_xblocks(b, groups, d)
+    )  # fmt: skip
+    out = u.new_empty(b, L, d)
+    _gate_epilogue(ybuf.numpy(), _np(xz), _np(weight), _np(bias), np.float32(eps), out.numpy())
+    return out
 
 
 def cross_scan_backward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, dy, states):

@@ -34,7 +34,12 @@ from vmunet.ops._backends import (
 )
 from vmunet.ops._reference import selective_scan_reference
 
-__all__ = ["selective_scan", "cross_selective_scan", "cross_selective_scan_packed"]
+__all__ = [
+    "selective_scan",
+    "cross_selective_scan",
+    "cross_selective_scan_gated",
+    "cross_selective_scan_packed",
+]
 
 Tensor = torch.Tensor
 
@@ -423,10 +428,56 @@ def _cross_backward(ctx, dy, _dstates):
 _cross_op.register_autograd(_cross_backward, setup_context=_cross_setup_context)
 
 
+@torch.library.custom_op(
+    "vmunet::cross_selective_scan_gated",
+    mutates_args=(),
+    schema="(Tensor u, Tensor xd, Tensor dt_weight, Tensor A, Tensor D, Tensor delta_bias, Tensor index, "
+    "bool delta_softplus, Tensor xz, Tensor norm_weight, Tensor norm_bias, float eps) -> Tensor",
+)
+def _cross_gated_op(
+    u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, xz, norm_weight, norm_bias, eps
+):  # noqa: E501
+    mod, why = numba_kernels()
+    if mod is None:
+        raise RuntimeError(why)
+    return mod.cross_scan_forward_gated(
+        u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, xz, norm_weight, norm_bias, eps
+    )
+
+
+@_cross_gated_op.register_fake
+def _cross_gated_fake(
+    u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, xz, norm_weight, norm_bias, eps
+):  # noqa: E501
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
 def _check_cpu(fn: str, tensors: dict[str, Tensor]) -> None:
     for name, t in tensors.items():
         if t.device.type != "cpu":
             raise ValueError(f"{fn}: {name} must be a CPU tensor, got one on {t.device}")
+
+
+def _check_packed(u, x_dbl, dt_weight, A, D, delta_bias, index, fn: str) -> None:
+    if u.dim() != 3 or index.dim() != 2 or x_dbl.dim() != 4:
+        raise ValueError(
+            f"{fn}: u must be (batch, L, d), x_dbl (batch, L, K, R + 2N) and index (K, L); "
+            f"got {_shape(u)}, {_shape(x_dbl)} and {_shape(index)}"
+        )
+    b, L, d = u.shape
+    K = index.shape[0]
+    n = A.shape[-1]
+    r = d if dt_weight is None else dt_weight.shape[-1]
+    want = {"u": (b, L, d), "x_dbl": (b, L, K, r + 2 * n), "A": (K * d, n), "D": (K * d,)}
+    want.update({"delta_bias": (K * d,), "index": (K, L)})
+    got = {"u": u, "x_dbl": x_dbl, "A": A, "D": D, "delta_bias": delta_bias, "index": index}
+    if dt_weight is not None:
+        want["dt_weight"] = (K, d, r)
+        got["dt_weight"] = dt_weight
+    for name, t in got.items():
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"{fn}: {name} must be {want[name]}, got {_shape(t)}")
+    _check_cpu(fn, got)
 
 
 def _run_cross(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus) -> Tensor:
@@ -483,28 +534,73 @@ def cross_selective_scan_packed(
         >>> y.shape
         torch.Size([1, 6, 4])
     """
-    fn = "cross_selective_scan_packed"
-    if u.dim() != 3 or index.dim() != 2 or x_dbl.dim() != 4:
-        raise ValueError(
-            f"{fn}: u must be (batch, L, d), x_dbl (batch, L, K, R + 2N) and index (K, L); "
-            f"got {_shape(u)}, {_shape(x_dbl)} and {_shape(index)}"
-        )
-    b, L, d = u.shape
-    K = index.shape[0]
-    n = A.shape[-1]
-    r = d if dt_weight is None else dt_weight.shape[-1]
-    want = {"u": (b, L, d), "x_dbl": (b, L, K, r + 2 * n), "A": (K * d, n), "D": (K * d,)}
-    want.update({"delta_bias": (K * d,), "index": (K, L)})
-    got = {"u": u, "x_dbl": x_dbl, "A": A, "D": D, "delta_bias": delta_bias, "index": index}
-    if dt_weight is not None:
-        want["dt_weight"] = (K, d, r)
-        got["dt_weight"] = dt_weight
-    for name, t in got.items():
-        if tuple(t.shape) != want[name]:
-            raise ValueError(f"{fn}: {name} must be {want[name]}, got {_shape(t)}")
-    _check_cpu(fn, got)
+    _check_packed(u, x_dbl, dt_weight, A, D, delta_bias, index, "cross_selective_scan_packed")
     w = dt_weight if dt_weight is not None else u.new_empty((0,))
     return _run_cross(u, x_dbl, w, A, D, delta_bias, index, delta_softplus)
+
+
+def cross_selective_scan_gated(
+    u: Tensor,
+    x_dbl: Tensor,
+    dt_weight: Tensor | None,
+    A: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    index: Tensor,
+    xz: Tensor,
+    norm: torch.nn.LayerNorm,
+    delta_softplus: bool = True,
+) -> Tensor:
+    """:func:`cross_selective_scan_packed` and SSND's output gate in one op, for inference.
+
+    Returns ``norm(y) * silu(z)`` with y the merged scan output and z = ``xz[..., d:]``, the second
+    half of in_proj's output, computed in one pass after the scan (no gradients: it raises when
+    one would be needed; training takes the unfused gate).
+
+    Args:
+        u, x_dbl, dt_weight, A, D, delta_bias, index, delta_softplus: as
+            :func:`cross_selective_scan_packed`.
+        xz: in_proj's output, (batch, L, 2 * d).
+        norm: the LayerNorm over d channels (with its affine weight and bias).
+
+    Returns:
+        (batch, L, d) float32.
+
+    Example:
+        >>> import torch
+        >>> from vmunet.ops import cross_selective_scan_gated
+        >>> from vmunet.ops.scan_orders import scan_index
+        >>> b, h, w, d, n, r = 1, 2, 3, 4, 2, 1
+        >>> with torch.no_grad():
+        ...     y = cross_selective_scan_gated(torch.randn(b, h * w, d),
+        ...         torch.randn(b, h * w, 4, r + 2 * n), torch.randn(4, d, r), -torch.rand(4 * d, n),
+        ...         torch.ones(4 * d), torch.zeros(4 * d), scan_index((h, w), 4),
+        ...         torch.randn(b, h * w, 2 * d), torch.nn.LayerNorm(d))
+        >>> y.shape
+        torch.Size([1, 6, 4])
+    """
+    fn = "cross_selective_scan_gated"
+    _check_packed(u, x_dbl, dt_weight, A, D, delta_bias, index, fn)
+    b, L, d = u.shape
+    if tuple(xz.shape) != (b, L, 2 * d):
+        raise ValueError(f"{fn}: xz must be {(b, L, 2 * d)}, got {_shape(xz)}")
+    if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (d,):
+        raise ValueError(f"{fn}: norm must be an affine LayerNorm over {d} channels")
+    tensors = [u, x_dbl, A, D, delta_bias, xz, norm.weight, norm.bias]
+    if dt_weight is not None:
+        tensors.append(dt_weight)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(f"{fn}: inference only; gradients need cross_selective_scan_packed and the gate")
+    _check_cpu(fn, {"xz": xz, "norm": norm.weight})
+
+    def prep(t: Tensor) -> Tensor:
+        return t.to(torch.float32).contiguous()
+
+    w = dt_weight if dt_weight is not None else u.new_empty((0,))
+    return _cross_gated_op(
+        prep(u), prep(x_dbl), prep(w), prep(A), prep(D), prep(delta_bias), index.to(torch.int64).contiguous(),
+        bool(delta_softplus), prep(xz), prep(norm.weight), prep(norm.bias), float(norm.eps),
+    )  # fmt: skip
 
 
 def cross_selective_scan(
