@@ -682,8 +682,8 @@ def _sum_directions(yk, y):
     rows = 64
     nr = (L + rows - 1) // rows
     for j in prange(b * nr):
-        bi = j // nr
-        p0 = (j % nr) * rows
+        bi = max(j // nr, 0)  # max(., 0): see _xload_dt
+        p0 = max((j % nr) * rows, 0)
         for p in range(p0, min(p0 + rows, L)):
             for c in range(d):
                 y[bi, p, c] = yk[bi, 0, p, c]
@@ -701,8 +701,8 @@ def _gate_epilogue(ybuf, xz, weight, bias, eps, out):
     rows = 16
     nr = (L + rows - 1) // rows
     for j in prange(b * nr):
-        bi = j // nr
-        p0 = (j % nr) * rows
+        bi = max(j // nr, 0)  # max(., 0): see _xload_dt
+        p0 = max((j % nr) * rows, 0)
         row = np.empty(d, np.float32)
         for p in range(p0, min(p0 + rows, L)):
             for c in range(d):
