@@ -652,7 +652,7 @@ def _xforward_kernel(
             for t0 in range(0, L, TILE):
                 T = min(TILE, L - t0)
                 if want_ck:
-                    kt = t0 // TILE
+                    kt = max(t0 // TILE, 0)
                     for n in range(N):
                         for w in range(W):
                             ck[bi, k, kt, n, c0 + w] = h[n * V + w]
@@ -786,7 +786,8 @@ def _xbackward_kernel(
             if lowrank:
                 for j in range(R):
                     wt[j * V + w] = wdt[k, j, c0 + w]
-        for kt in range(ntile - 1, -1, -1):
+        for kk in range(ntile):  # tiles in reverse, counted up (see _adjoint_tile)
+            kt = max(ntile - 1 - kk, 0)
             t0 = kt * TILE
             T = min(TILE, L - t0)
             for n in range(N):
