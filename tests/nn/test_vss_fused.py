@@ -54,3 +54,27 @@ def test_index_cached_under_inference_mode_serves_training():
         m(x)
     m(x).sum().backward()
     assert m.x_proj_weight.grad is not None and torch.isfinite(m.x_proj_weight.grad).all()
+
+
+@pytest.mark.parametrize("spatial_dims,size,k", [(2, (5, 7), 4), (3, (3, 4, 5), 6), (3, (3, 4, 5), 2)])
+def test_inference_gate_fused_matches_unfused_torch_backend(spatial_dims, size, k, monkeypatch):
+    # without gradients the LayerNorm and the SiLU gate run inside the op; with them, they do not
+    torch.manual_seed(1)
+    m = SSND(16, d_state=4, spatial_dims=spatial_dims, scan_directions=k)
+    with torch.no_grad():
+        m.out_norm.weight.uniform_(0.5, 1.5)
+        m.out_norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, *size, 16)
+    m.scan_backend = "torch"
+    with torch.inference_mode():
+        want = m(x)
+    calls = []
+    real = ops.cross_selective_scan_gated
+    monkeypatch.setattr(ops, "cross_selective_scan_gated", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    m.scan_backend = "cpu"
+    with torch.inference_mode():
+        got = m(x)
+    assert calls == [1]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    m(x).sum().backward()  # gradients needed: the unfused gate
+    assert calls == [1]

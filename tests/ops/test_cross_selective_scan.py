@@ -12,6 +12,8 @@ from vmunet.ops import (
     cross_scan_2d,
     cross_scan_3d,
     cross_selective_scan,
+    cross_selective_scan_gated,
+    cross_selective_scan_packed,
     selective_scan,
 )
 from vmunet.ops._backends import numba_kernels
@@ -122,3 +124,97 @@ def test_fused_inference_mode_and_shape_errors():
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="delta must be"):
         cross_selective_scan(ins[0], ins[1][:, :2], *ins[2:], scan_index(size, k))
+
+
+def _packed_inputs(size, k, b=2, d=5, n=3, r=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = torch.Size(size).numel()
+    return [
+        torch.randn(b, L, d, generator=g),
+        torch.randn(b, L, k, r + 2 * n, generator=g),  # x_proj's output: dt inputs, B, C
+        torch.randn(k, d, r, generator=g) * 0.5,  # dt_proj's weight
+        -torch.rand(k * d, n, generator=g) - 0.2,
+        torch.randn(k * d, generator=g),
+        torch.randn(k * d, generator=g) * 0.3,
+    ]
+
+
+def _packed_reference(u, x_dbl, w, A, D, bias, size, k):
+    """float64: delta = x_dbl[..., :r] @ w[k].T by einsum, then the sequential reference path."""
+    n = A.shape[1]
+    r = w.shape[2]
+    dts, B, C = torch.split(x_dbl.transpose(1, 2), [r, n, n], dim=3)  # (b, K, L, .)
+    delta = torch.einsum("bklr,kdr->bkld", dts, w)
+    return _reference(u, delta, A, B, C, D, bias, size, k)
+
+
+@pytest.mark.parametrize(
+    "size,k,d,r",
+    [
+        ((3, 5), 4, 5, 2),
+        ((7, 11), 4, 70, 3),
+        ((3, 4, 5), 6, 5, 2),
+        ((3, 4, 5), 2, 5, 1),
+        ((2, 1, 3), 6, 4, 4),
+    ],
+)
+def test_packed_low_rank_forward_and_gradients_match_reference(size, k, d, r):
+    # dt_proj folded into the kernels; (7, 11) x 70 channels: several tiles and two channel blocks;
+    # K = 2: a single direction pair (no sum over groups)
+    ins = _packed_inputs(size, k, d=d, r=r, seed=d + r)
+    fused_in = [t.clone().requires_grad_(True) for t in ins]
+    ref_in = [t.double().requires_grad_(True) for t in ins]
+    y = cross_selective_scan_packed(*fused_in, scan_index(size, k))
+    y_ref = _packed_reference(*ref_in, size, k)
+    torch.testing.assert_close(y.double(), y_ref, rtol=2e-4, atol=2e-4)
+    g = torch.randn_like(y_ref)
+    (y.double() * g).sum().backward()
+    (y_ref * g).sum().backward()
+    for name, a, b in zip(("u", "x_dbl", "dt_weight", "A", "D", "delta_bias"), fused_in, ref_in):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=5e-4, atol=5e-4, msg=name)
+
+
+def test_packed_without_dt_weight_reads_delta_columns():
+    size, k, d, n = (3, 5), 4, 5, 3
+    u, delta, A, B, C, D, bias = _inputs(size, k, d=d, n=n)
+    x_dbl = torch.cat([delta, B, C], dim=3).transpose(1, 2).contiguous()  # R = d columns of delta
+    y = cross_selective_scan_packed(u, x_dbl, None, A, D, bias, scan_index(size, k))
+    y_ref = _reference(*[t.double() for t in (u, delta, A, B, C, D, bias)], size, k)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="x_dbl must be"):
+        cross_selective_scan_packed(u, x_dbl[..., 1:], None, A, D, bias, scan_index(size, k))
+    with pytest.raises(ValueError, match="dt_weight must be"):
+        cross_selective_scan_packed(u, x_dbl, torch.randn(k, d + 1, d), A, D, bias, scan_index(size, k))
+
+
+@pytest.mark.parametrize("size,k", [((7, 11), 4), ((3, 4, 5), 6), ((3, 4, 5), 2)])
+def test_gated_equals_layer_norm_times_silu_in_float64(size, k):
+    d = 70 if len(size) == 2 else 5
+    ins = _packed_inputs(size, k, d=d, seed=3)
+    b, L = ins[0].shape[:2]
+    xz = torch.randn(b, L, 2 * d, generator=torch.Generator().manual_seed(4))
+    norm = torch.nn.LayerNorm(d)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        y = cross_selective_scan_gated(*ins, scan_index(size, k), xz, norm)
+        y64 = _packed_reference(*[t.double() for t in ins], size, k)
+        want = torch.nn.functional.layer_norm(y64, (d,), norm.weight.double(), norm.bias.double(), norm.eps)
+        want = want * torch.nn.functional.silu(xz[..., d:].double())
+    torch.testing.assert_close(y.double(), want, rtol=2e-4, atol=2e-4)
+
+
+def test_gated_refuses_gradients_and_bad_gate_inputs():
+    size, k, d = (3, 5), 4, 5
+    ins = _packed_inputs(size, k, d=d)
+    b, L = ins[0].shape[:2]
+    norm = torch.nn.LayerNorm(d)
+    with pytest.raises(RuntimeError, match="inference only"):
+        cross_selective_scan_gated(*ins, scan_index(size, k), torch.randn(b, L, 2 * d), norm)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="xz must be"):
+            cross_selective_scan_gated(*ins, scan_index(size, k), torch.randn(b, L, d), norm)
+        with pytest.raises(ValueError, match="affine LayerNorm over 5"):
+            cross_selective_scan_gated(
+                *ins, scan_index(size, k), torch.randn(b, L, 2 * d), torch.nn.LayerNorm(4)
+            )
