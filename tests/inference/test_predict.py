@@ -235,3 +235,20 @@ def test_gaussian_blending_weights_the_window_centre():
     p = predict_probabilities(BorderZero(), x, roi_size=(64, 64), overlap=0.5, activation="sigmoid")
     # Columns 60-68 are at a window border for one window but the centre of another.
     assert (p[0, 0, 8:-8, 56:72] > 0.9).all()
+
+
+def test_prediction_runs_under_inference_mode():
+    # segmentation needs no autograd record at all: the forward runs under torch.inference_mode
+    import torch
+
+    from vmunet.inference.predict import predict_probabilities
+
+    seen = []
+
+    def net(x):
+        seen.append(torch.is_inference_mode_enabled())
+        return x[:, :1] * 2.0
+
+    probs = predict_probabilities(net, torch.rand(1, 1, 64, 64))
+    assert seen and all(seen)
+    assert probs.shape == (1, 1, 64, 64)

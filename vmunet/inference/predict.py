@@ -168,7 +168,7 @@ def _single_pass(
 _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_probabilities(
     model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,

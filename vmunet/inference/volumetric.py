@@ -143,7 +143,7 @@ class VolumetricStrategy:
             progress(shape[-1])
         return labels, out_probs, axial_axis(direction=img.direction, affine=img.affine)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _probabilities(self, x: torch.Tensor, bar: bool) -> torch.Tensor:
         """Class probabilities ``(1, K, *spatial)`` on the CPU; flip TTA averages 4 passes."""
         from monai.inferers import sliding_window_inference
