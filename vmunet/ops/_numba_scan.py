@@ -754,81 +754,116 @@ def _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, 
 
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _xbackward_kernel(
-    u, xd, wdt, lowrank, bias, softplus, A, D, idx, dy, ckin, duk, ddelta, dA_part, dB_part, dC_part,
-    dD_part, dbias_part, du, blk_b, blk_k, blk_c, blk_w,
+    u, xd, wdt, lowrank, bias, softplus, A, D, idx, dy, ckin, dubuf, P, dW_part, dA_part, dD_part,
+    dbias_part, blk_b, blk_g, blk_c, blk_w, blk_j,
 ):  # fmt: skip
+    """Items (batch, direction pair, channel block) as in the forward. du of the pair goes to dubuf
+    (b, K/2, L, d); the gradient of xd, per channel block j, to P (b, K, blocks, L, R + 2N): d(dt
+    inputs) = ddelta @ wdt[k] reduced over the block's lanes (or, without wdt, ddelta itself in the
+    block's own columns), then dB, dC; dt_proj's weight gradient to dW_part (b, K, R, d)."""
     L = u.shape[1]
     d = u.shape[2]
     N = A.shape[1]
-    R = xd.shape[3] - 2 * N
+    G = dubuf.shape[1]
+    K = idx.shape[0]
+    R = max(xd.shape[3] - 2 * N, 0)
     ntile = (L + TILE - 1) // TILE
     for i in prange(blk_b.shape[0]):
         bi = max(blk_b[i], 0)  # max(., 0): see _xload_dt
-        k = max(blk_k[i], 0)
+        g = max(blk_g[i], 0)
         c0 = max(blk_c[i], 0)
         W = blk_w[i]
-        kc0 = max(k * d + c0, 0)
+        j0 = max(blk_j[i], 0)
         TT = np.zeros(TILE * _TT * V, np.float32)
-        ST = np.zeros(N * _ST * V, np.float32)  # g rows: dL/d last state = 0
+        ST = np.zeros(N * _ST * V, np.float32)
         HA = np.empty(TILE * N * 2 * V, np.float32)
         LV = np.zeros(4 * V, np.float32)
         wt = np.zeros(R * V if lowrank else 1, np.float32)
+        dWt = np.zeros(R * V if lowrank else 1, np.float32)
         Bt = np.zeros((1, 1, TILE, N), np.float32)
         Ct = np.zeros((1, 1, TILE, N), np.float32)
         dBt = np.zeros((TILE, N), np.float32)
         dCt = np.zeros((TILE, N), np.float32)
-        for w in range(W):
-            LV[w] = bias[kc0 + w]
-            LV[V + w] = D[kc0 + w]
-            for n in range(N):
-                ST[n * _ST * V + w] = A[kc0 + w, n]
-                ST[(n * _ST + 4) * V + w] = A[kc0 + w, n] * LOG2E
-            if lowrank:
-                for j in range(R):
-                    wt[j * V + w] = wdt[k, j, c0 + w]
-        for kk in range(ntile):  # tiles in reverse, counted up (see _adjoint_tile)
-            kt = max(ntile - 1 - kk, 0)
-            t0 = kt * TILE
-            T = min(TILE, L - t0)
-            for n in range(N):
-                for w in range(W):
-                    ST[(n * _ST + 1) * V + w] = ckin[bi, k, kt, n, c0 + w]
-            _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct)
-            _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
-            dBt[:] = 0.0
-            dCt[:] = 0.0
-            _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
-            _adjoint_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dBt)
-            for t in range(T):  # as _store_grads, to the channels-last positions
-                ot = t * _TT * V
-                for w in range(V):
-                    dyw = TT[ot + 3 * V + w]
-                    g = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
-                    TT[ot + 4 * V + w] += dyw * LV[V + w]
-                    TT[ot + 5 * V + w] = g
-                    LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
-                    LV[3 * V + w] += g
-            for t in range(T):
-                p = max(idx[k, t0 + t], 0)
-                ot = t * _TT * V
-                for w in range(W):
-                    duk[bi, k, p, c0 + w] = TT[ot + 4 * V + w]
-                    ddelta[bi, k, p, c0 + w] = TT[ot + 5 * V + w]
+        for k in range(g, K, G):  # the pair's directions, one after the other
+            first = k == g
+            kc0 = max(k * d + c0, 0)
+            for w in range(V):
+                for r4 in range(2, 4):
+                    LV[r4 * V + w] = 0.0
                 for n in range(N):
-                    dB_part[i, p, n] = dBt[t, n]
-                    dC_part[i, p, n] = dCt[t, n]
-        for w in range(W):
-            dD_part[bi, kc0 + w] = LV[2 * V + w]
-            dbias_part[bi, kc0 + w] = LV[3 * V + w]
-        for n in range(N):
+                    ST[(n * _ST + 2) * V + w] = 0.0  # dL/d last state = 0
+                    ST[(n * _ST + 3) * V + w] = 0.0
             for w in range(W):
-                dA_part[bi, kc0 + w, n] = ST[(n * _ST + 3) * V + w]
-    _sum_directions(duk, du)
+                LV[w] = bias[kc0 + w]
+                LV[V + w] = D[kc0 + w]
+                for n in range(N):
+                    ST[n * _ST * V + w] = A[kc0 + w, n]
+                    ST[(n * _ST + 4) * V + w] = A[kc0 + w, n] * LOG2E
+                if lowrank:
+                    for j in range(R):
+                        wt[j * V + w] = wdt[k, j, c0 + w]
+            if lowrank:
+                dWt[:] = 0.0
+            for kk in range(ntile):  # tiles in reverse, counted up (see _adjoint_tile)
+                kt = max(ntile - 1 - kk, 0)
+                t0 = kt * TILE
+                T = min(TILE, L - t0)
+                for n in range(N):
+                    for w in range(W):
+                        ST[(n * _ST + 1) * V + w] = ckin[bi, k, kt, n, c0 + w]
+                _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct)
+                _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
+                dBt[:] = 0.0
+                dCt[:] = 0.0
+                _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
+                _adjoint_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dBt)
+                for t in range(T):  # as _store_grads: du += D dy; ddelta = d(dt) * dt'; dD, dbias sums
+                    ot = t * _TT * V
+                    for w in range(V):
+                        dyw = TT[ot + 3 * V + w]
+                        gq = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
+                        TT[ot + 4 * V + w] += dyw * LV[V + w]
+                        TT[ot + 5 * V + w] = gq
+                        LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
+                        LV[3 * V + w] += gq
+                for t in range(T):
+                    p = max(idx[k, t0 + t], 0)
+                    ot = t * _TT * V
+                    if first:
+                        for w in range(W):
+                            dubuf[bi, g, p, c0 + w] = TT[ot + 4 * V + w]
+                    else:
+                        for w in range(W):
+                            dubuf[bi, g, p, c0 + w] += TT[ot + 4 * V + w]
+                    if lowrank:  # delta = dts @ wt: d dts (summed over this block's lanes), d wt
+                        for j in range(R):
+                            sj = np.float32(0.0)
+                            for w in range(V):
+                                sj += TT[ot + 5 * V + w] * wt[j * V + w]
+                            P[bi, k, j0, p, j] = sj
+                            xj = xd[bi, p, k, j]
+                            for w in range(V):
+                                dWt[j * V + w] += TT[ot + 5 * V + w] * xj
+                    else:
+                        for w in range(W):
+                            P[bi, k, j0, p, c0 + w] = TT[ot + 5 * V + w]
+                    for n in range(N):
+                        P[bi, k, j0, p, R + n] = dBt[t, n]
+                    for n in range(N):
+                        P[bi, k, j0, p, R + N + n] = dCt[t, n]
+            for w in range(W):
+                dD_part[bi, kc0 + w] = LV[2 * V + w]
+                dbias_part[bi, kc0 + w] = LV[3 * V + w]
+                for n in range(N):
+                    dA_part[bi, kc0 + w, n] = ST[(n * _ST + 3) * V + w]
+                if lowrank:
+                    for j in range(R):
+                        dW_part[bi, k, j, c0 + w] = dWt[j * V + w]
 
 
-def _xblocks(batch: int, groups: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Work items (batch, group, channel block of <= LANES channels), batch slowest, then group; the
-    forward's groups are direction pairs, the backward's single directions."""
+def _xblocks(batch: int, groups: int, dim: int) -> tuple[np.ndarray, ...]:
+    """Work items (batch, direction group, channel block of <= LANES channels), batch slowest, then
+    group: (batch, group, first channel, width, block number)."""
     nb = -(-dim // LANES)
     width = -(-dim // nb)
     starts = np.arange(0, dim, width, dtype=np.int64)
@@ -836,7 +871,8 @@ def _xblocks(batch: int, groups: int, dim: int) -> tuple[np.ndarray, np.ndarray,
     nc = starts.shape[0]
     blk_b = np.repeat(np.arange(batch, dtype=np.int64), groups * nc)
     blk_g = np.tile(np.repeat(np.arange(groups, dtype=np.int64), nc), batch)
-    return blk_b, blk_g, np.tile(starts, batch * groups), np.tile(widths, batch * groups)
+    blk_j = np.tile(np.arange(nc, dtype=np.int64), batch * groups)
+    return blk_b, blk_g, np.tile(starts, batch * groups), np.tile(widths, batch * groups), blk_j
 
 
 def _dt_weight(wdt, like: torch.Tensor) -> tuple[bool, torch.Tensor]:
@@ -863,7 +899,7 @@ def cross_scan_forward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, save_s
     ck = u.new_empty(b, K, -(-L // TILE), N, d) if save_states else u.new_empty(1, 1, 1, 1, 1)
     _xforward_kernel(
         _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
-        ybuf.numpy(), ck.numpy(), save_states, *_xblocks(b, groups, d)
+        ybuf.numpy(), ck.numpy(), save_states, *_xblocks(b, groups, d)[:4]
     )  # fmt: skip
     if groups == 1:
         y = ybuf[:, 0]
@@ -886,7 +922,7 @@ def cross_scan_forward_gated(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, 
     ck = u.new_empty(1, 1, 1, 1, 1)
     _xforward_kernel(
         _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
-        ybuf.numpy(), ck.numpy(), False, *_xblocks(b, groups, d)
+        ybuf.numpy(), ck.numpy(), False, *_xblocks(b, groups, d)[:4]
     )  # fmt: skip
     out = u.new_empty(b, L, d)
     _gate_epilogue(ybuf.numpy(), _np(xz), _np(weight), _np(bias), np.float32(eps), out.numpy())
@@ -900,31 +936,31 @@ def cross_scan_backward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, dy, s
     b, L, d = u.shape
     K = idx.shape[0]
     N = A.shape[1]
-    R = xd.shape[3] - 2 * N
+    c = xd.shape[3]
+    R = c - 2 * N
     lowrank, wt = _dt_weight(wdt, u)
-    blocks = _xblocks(b, K, d)
-    nblk = blocks[0].shape[0]
-    duk = u.new_empty(b, K, L, d)
-    du = torch.empty_like(u)
-    ddelta = u.new_empty(b, K, L, d)
+    groups = K // 2 if K % 2 == 0 else K
+    blocks = _xblocks(b, groups, d)
+    nb = int(blocks[4].max()) + 1
+    dubuf = u.new_empty(b, groups, L, d)
+    # without wdt each block writes only its own delta columns: the others must read as zeros
+    P = (u.new_empty if lowrank else u.new_zeros)(b, K, nb, L, c)
+    dW_part = u.new_empty(b, K, R, d) if lowrank else u.new_empty(1, 1, 1, 1)
     dA_part = u.new_empty(b, K * d, N)
-    dB_part = u.new_empty(nblk, L, N)
-    dC_part = u.new_empty(nblk, L, N)
     dD_part = u.new_empty(b, K * d)
     dbias_part = u.new_empty(b, K * d)
     _xbackward_kernel(
         _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
-        _np(dy), _np(states), duk.numpy(), ddelta.numpy(), dA_part.numpy(), dB_part.numpy(),
-        dC_part.numpy(), dD_part.numpy(), dbias_part.numpy(), du.numpy(), *blocks,
+        _np(dy), _np(states), dubuf.numpy(), P.numpy(), dW_part.numpy(), dA_part.numpy(),
+        dD_part.numpy(), dbias_part.numpy(), *blocks,
     )  # fmt: skip
-    dB = dB_part.view(b, K, -1, L, N).sum(2)
-    dC = dC_part.view(b, K, -1, L, N).sum(2)
-    dwdt = None
-    if lowrank:  # delta = dts @ wdt[k].T: the two products of a linear layer, per direction
-        dts = xd[..., :R].transpose(1, 2)  # (b, K, L, R)
-        dwdt = torch.matmul(ddelta.transpose(2, 3), dts).sum(0)  # (K, d, R)
-        ddelta = torch.matmul(ddelta, wdt.to(torch.float32))  # (b, K, L, R)
-    dxd = torch.cat([ddelta, dB, dC], dim=3).transpose(1, 2).contiguous()
+    if groups == 1:
+        du = dubuf[:, 0]
+    else:
+        du = u.new_empty(b, L, d)
+        _sum_directions(dubuf.numpy(), du.numpy())
+    dxd = (P[:, :, 0] if nb == 1 else P.sum(2)).transpose(1, 2).contiguous()  # (b, L, K, c)
+    dwdt = dW_part.sum(0).transpose(1, 2) if lowrank else None  # (K, d, R)
     return du, dxd, dwdt, dA_part.sum(0), dD_part.sum(0), dbias_part.sum(0)
 
 
