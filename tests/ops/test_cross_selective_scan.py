@@ -156,6 +156,7 @@ def _packed_reference(u, x_dbl, w, A, D, bias, size, k):
         ((3, 4, 5), 6, 5, 2),
         ((3, 4, 5), 2, 5, 1),
         ((2, 1, 3), 6, 4, 4),
+        ((3, 5), 4, 5, 40),  # rank above _KERNEL_RANK_MAX: expanded by a matmul before the kernels
     ],
 )
 def test_packed_low_rank_forward_and_gradients_match_reference(size, k, d, r):
@@ -187,10 +188,10 @@ def test_packed_without_dt_weight_reads_delta_columns():
         cross_selective_scan_packed(u, x_dbl, torch.randn(k, d + 1, d), A, D, bias, scan_index(size, k))
 
 
-@pytest.mark.parametrize("size,k", [((7, 11), 4), ((3, 4, 5), 6), ((3, 4, 5), 2)])
-def test_gated_equals_layer_norm_times_silu_in_float64(size, k):
-    d = 70 if len(size) == 2 else 5
-    ins = _packed_inputs(size, k, d=d, seed=3)
+@pytest.mark.parametrize("size,k,r", [((7, 11), 4, 2), ((3, 4, 5), 6, 2), ((3, 4, 5), 2, 2), ((3, 5), 4, 40)])
+def test_gated_equals_layer_norm_times_silu_in_float64(size, k, r):
+    d = 70 if size == (7, 11) else 5
+    ins = _packed_inputs(size, k, d=d, r=r, seed=3)
     b, L = ins[0].shape[:2]
     xz = torch.randn(b, L, 2 * d, generator=torch.Generator().manual_seed(4))
     norm = torch.nn.LayerNorm(d)

@@ -754,19 +754,20 @@ def _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, 
 
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _xbackward_kernel(
-    u, xd, wdt, lowrank, bias, softplus, A, D, idx, dy, ckin, dubuf, P, dW_part, dA_part, dD_part,
+    u, xd, wdt, lowrank, bias, softplus, A, D, idx, dy, ckin, dubuf, P, ddel, dW_part, dA_part, dD_part,
     dbias_part, blk_b, blk_g, blk_c, blk_w, blk_j,
 ):  # fmt: skip
     """Items (batch, direction pair, channel block) as in the forward. du of the pair goes to dubuf
-    (b, K/2, L, d); the gradient of xd, per channel block j, to P (b, K, blocks, L, R + 2N): d(dt
-    inputs) = ddelta @ wdt[k] reduced over the block's lanes (or, without wdt, ddelta itself in the
-    block's own columns), then dB, dC; dt_proj's weight gradient to dW_part (b, K, R, d)."""
+    (b, K/2, L, d); per channel block j, P (b, K, blocks, L, R' + 2N) gets d(dt inputs) = ddelta @
+    wdt[k] reduced over the block's lanes (R' = R columns; none without wdt), then dB, dC; dt_proj's
+    weight gradient goes to dW_part (b, K, R, d). Without wdt, ddelta itself goes to ddel (b, K, L, d)."""
     L = u.shape[1]
     d = u.shape[2]
     N = A.shape[1]
     G = dubuf.shape[1]
     K = idx.shape[0]
     R = max(xd.shape[3] - 2 * N, 0)
+    RP = R if lowrank else 0
     ntile = (L + TILE - 1) // TILE
     for i in prange(blk_b.shape[0]):
         bi = max(blk_b[i], 0)  # max(., 0): see _xload_dt
@@ -846,11 +847,11 @@ def _xbackward_kernel(
                                 dWt[j * V + w] += TT[ot + 5 * V + w] * xj
                     else:
                         for w in range(W):
-                            P[bi, k, j0, p, c0 + w] = TT[ot + 5 * V + w]
+                            ddel[bi, k, p, c0 + w] = TT[ot + 5 * V + w]
                     for n in range(N):
-                        P[bi, k, j0, p, R + n] = dBt[t, n]
+                        P[bi, k, j0, p, RP + n] = dBt[t, n]
                     for n in range(N):
-                        P[bi, k, j0, p, R + N + n] = dCt[t, n]
+                        P[bi, k, j0, p, RP + N + n] = dCt[t, n]
             for w in range(W):
                 dD_part[bi, kc0 + w] = LV[2 * V + w]
                 dbias_part[bi, kc0 + w] = LV[3 * V + w]
@@ -943,15 +944,15 @@ def cross_scan_backward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, dy, s
     blocks = _xblocks(b, groups, d)
     nb = int(blocks[4].max()) + 1
     dubuf = u.new_empty(b, groups, L, d)
-    # without wdt each block writes only its own delta columns: the others must read as zeros
-    P = (u.new_empty if lowrank else u.new_zeros)(b, K, nb, L, c)
+    P = u.new_empty(b, K, nb, L, (R if lowrank else 0) + 2 * N)
+    ddel = u.new_empty(1, 1, 1, 1) if lowrank else u.new_empty(b, K, L, d)
     dW_part = u.new_empty(b, K, R, d) if lowrank else u.new_empty(1, 1, 1, 1)
     dA_part = u.new_empty(b, K * d, N)
     dD_part = u.new_empty(b, K * d)
     dbias_part = u.new_empty(b, K * d)
     _xbackward_kernel(
         _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
-        _np(dy), _np(states), dubuf.numpy(), P.numpy(), dW_part.numpy(), dA_part.numpy(),
+        _np(dy), _np(states), dubuf.numpy(), P.numpy(), ddel.numpy(), dW_part.numpy(), dA_part.numpy(),
         dD_part.numpy(), dbias_part.numpy(), *blocks,
     )  # fmt: skip
     if groups == 1:
@@ -959,7 +960,10 @@ def cross_scan_backward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, dy, s
     else:
         du = u.new_empty(b, L, d)
         _sum_directions(dubuf.numpy(), du.numpy())
-    dxd = (P[:, :, 0] if nb == 1 else P.sum(2)).transpose(1, 2).contiguous()  # (b, L, K, c)
+    dxd = P[:, :, 0] if nb == 1 else P.sum(2)  # (b, K, L, R' + 2N)
+    if not lowrank:
+        dxd = torch.cat([ddel, dxd], dim=3)
+    dxd = dxd.transpose(1, 2).contiguous()  # (b, L, K, c)
     dwdt = dW_part.sum(0).transpose(1, 2) if lowrank else None  # (K, d, R)
     return du, dxd, dwdt, dA_part.sum(0), dD_part.sum(0), dbias_part.sum(0)
 

@@ -480,6 +480,24 @@ def _check_packed(u, x_dbl, dt_weight, A, D, delta_bias, index, fn: str) -> None
     _check_cpu(fn, got)
 
 
+# dt ranks above this are expanded by one matmul before the op instead of inside its kernels: the
+# kernels' cost grows with the rank, a matmul's hardly (measured crossover between ranks 24 and 48,
+# benchmarks/RESULTS.md)
+_KERNEL_RANK_MAX = 32
+
+
+def _dt_inputs(u: Tensor, x_dbl: Tensor, dt_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(xd, dt_weight) for the op: x_dbl with its rank-R columns as they are, or (large R, or no
+    weight) delta itself in the first d columns; the weight empty in the latter case."""
+    if dt_weight is None:
+        return x_dbl, u.new_empty((0,))
+    r = dt_weight.shape[-1]
+    if r <= _KERNEL_RANK_MAX:
+        return x_dbl, dt_weight
+    delta = torch.einsum("blkr,kdr->blkd", x_dbl[..., :r], dt_weight.to(x_dbl.dtype))
+    return torch.cat([delta, x_dbl[..., r:]], dim=3), u.new_empty((0,))
+
+
 def _run_cross(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus) -> Tensor:
     def prep(t: Tensor) -> Tensor:
         return t.to(torch.float32).contiguous()
@@ -535,8 +553,8 @@ def cross_selective_scan_packed(
         torch.Size([1, 6, 4])
     """
     _check_packed(u, x_dbl, dt_weight, A, D, delta_bias, index, "cross_selective_scan_packed")
-    w = dt_weight if dt_weight is not None else u.new_empty((0,))
-    return _run_cross(u, x_dbl, w, A, D, delta_bias, index, delta_softplus)
+    xd, w = _dt_inputs(u, x_dbl, dt_weight)
+    return _run_cross(u, xd, w, A, D, delta_bias, index, delta_softplus)
 
 
 def cross_selective_scan_gated(
@@ -596,9 +614,9 @@ def cross_selective_scan_gated(
     def prep(t: Tensor) -> Tensor:
         return t.to(torch.float32).contiguous()
 
-    w = dt_weight if dt_weight is not None else u.new_empty((0,))
+    xd, w = _dt_inputs(u, x_dbl, dt_weight)
     return _cross_gated_op(
-        prep(u), prep(x_dbl), prep(w), prep(A), prep(D), prep(delta_bias), index.to(torch.int64).contiguous(),
+        prep(u), prep(xd), prep(w), prep(A), prep(D), prep(delta_bias), index.to(torch.int64).contiguous(),
         bool(delta_softplus), prep(xz), prep(norm.weight), prep(norm.bias), float(norm.eps),
     )  # fmt: skip
 
