@@ -141,8 +141,16 @@ def fused_compare(args: argparse.Namespace) -> None:
         after = med["after (fused)"]
         print(
             f"  {mode}: after vs before {med['before (unfused)'] / after:.2f}x, "
-            f"vs SwinUNETR-2D {med['SwinUNETR-2D'] / after:.2f}x"
+            f"vs SwinUNETR-2D {med['SwinUNETR-2D'] / after:.2f}x (ratios of the medians)"
         )
+        # the host's speed drifts within a run: the ratio inside each round (three passes back to
+        # back) is steadier than the ratio of medians taken over the whole run
+        for other in ("before (unfused)", "SwinUNETR-2D"):
+            per = [o / a for o, a in zip(runs[other], runs["after (fused)"])]
+            print(
+                f"  {mode}: {other} / after, per round: median {statistics.median(per):.2f}x "
+                f"(range {min(per):.2f}-{max(per):.2f}x)"
+            )
         if args.with_reference and not train:
             for m in model.modules():
                 if isinstance(m, SSND):
