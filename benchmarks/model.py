@@ -21,6 +21,11 @@ Usage:
     python benchmarks/model.py                          # defaults: 2 threads, batch 1 and 8
     python benchmarks/model.py --fused --repeats 5      # before / after the fused cross-scan
     python benchmarks/model.py --batches 1 --backends cpu torch
+    git worktree add /tmp/base <commit> && python benchmarks/model.py --against-tree /tmp/base --repeats 5
+
+With ``--against-tree DIR`` it times this tree against another checkout (fused and unfused paths,
+forward and forward+backward, the median of ``--repeats`` passes per subprocess), alternating
+subprocesses of the two trees ``--rounds`` times.
 """
 
 from __future__ import annotations
@@ -170,6 +175,70 @@ def fused_compare(args: argparse.Namespace) -> None:
     print(f"machine gauge after: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
 
 
+_TREE_CHILD = """
+import json, statistics, sys, time
+import torch
+import vmunet
+from vmunet.nn.vss import SSND
+model_name, size, threads, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+m = vmunet.create_model(model_name, drop_path_rate=0.0, scan_backend="cpu")
+x = torch.randn(1, 3, size, size)
+out = {}
+for fused in (False, True):
+    for mod in m.modules():
+        if isinstance(mod, SSND):
+            mod.fused_scan = fused
+    for mode in ("fwd", "fwd+bwd"):
+        m.train(mode != "fwd")
+        def one():
+            if mode == "fwd":
+                with torch.inference_mode():
+                    m(x)
+            else:
+                m(x).mean().backward()
+                m.zero_grad(set_to_none=True)
+        one(); one()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter(); one(); ts.append(time.perf_counter() - t0)
+        out[("fused " if fused else "unfused ") + mode] = statistics.median(ts)
+print(json.dumps(out))
+"""
+
+
+def against_tree(args: argparse.Namespace) -> None:
+    """This tree against another checkout (e.g. ``git worktree add /tmp/base <commit>``): fused and
+    unfused, fwd and fwd+bwd, in subprocesses alternating between the two trees, ``--rounds`` times."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this tree": here, f"other tree ({args.against_tree})": os.path.abspath(args.against_tree)}
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    print(f"{args.model} at {args.size}x{args.size}, {args.threads} threads, batch 1; {os.cpu_count()} cores")
+    print(f"machine gauge before: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(args.threads)}
+            env["NUMBA_NUM_THREADS"] = str(args.threads)
+            cmd = [sys.executable, "-c", _TREE_CHILD, args.model, str(args.size), str(args.threads)]
+            out = subprocess.run(
+                [*cmd, str(args.repeats)], capture_output=True, text=True, env=env, cwd=tree, check=True
+            )
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    keys = list(next(iter(runs.values()))[0])
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
+    for name, m in med.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in m.items()))
+    this, other = (med[n] for n in trees)
+    for mode in ("fwd", "fwd+bwd"):
+        now = this["fused " + mode]
+        print(
+            f"  {mode}: this tree fused vs other tree unfused {other['unfused ' + mode] / now:.2f}x, "
+            f"vs other tree fused {other['fused ' + mode] / now:.2f}x"
+        )
+    print(f"machine gauge after: 1024^2 matmul at {_gflops(args.threads):.1f} GFLOP/s")
+
+
 def run_child(args: argparse.Namespace, backend: str, batch: int, mode: str, repeats: int) -> dict:
     cmd = [
         sys.executable,
@@ -211,6 +280,8 @@ def main() -> None:
     )
     p.add_argument("--fused", action="store_true", help="fused vs unfused cross-scan (see above)")
     p.add_argument("--with-reference", action="store_true", help="with --fused: one reference-backend pass")
+    p.add_argument("--against-tree", help="another checkout of vmunet to time against (see against_tree)")
+    p.add_argument("--rounds", type=int, default=3, help="with --against-tree: alternations of the two trees")
     # worker-only arguments
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
@@ -222,6 +293,9 @@ def main() -> None:
         return
     if args.fused:
         fused_compare(args)
+        return
+    if args.against_tree:
+        against_tree(args)
         return
 
     print(f"{args.model} at {args.size}x{args.size}, {args.threads} threads; {os.cpu_count()} cores seen")
