@@ -755,9 +755,10 @@ def _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, 
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
 def _xbackward_kernel(
     u, xd, wdt, lowrank, bias, softplus, A, D, idx, dy, ckin, dubuf, P, ddel, dW_part, dA_part, dD_part,
-    dbias_part, blk_b, blk_g, blk_c, blk_w, blk_j,
+    dbias_part, blk_b, blk_g, blk_c, blk_w, blk_j, nthreads,
 ):  # fmt: skip
-    """Items (batch, direction pair, channel block) as in the forward. du of the pair goes to dubuf
+    """Items (batch, direction pair, channel block) as in the forward, item i on thread i % nthreads
+    (the 256 KB recompute buffer is allocated once per thread). du of the pair goes to dubuf
     (b, K/2, L, d); per channel block j, P (b, K, blocks, L, R' + 2N) gets d(dt inputs) = ddelta @
     wdt[k] reduced over the block's lanes (R' = R columns; none without wdt), then dB, dC; dt_proj's
     weight gradient goes to dW_part (b, K, R, d). Without wdt, ddelta itself goes to ddel (b, K, L, d)."""
@@ -769,97 +770,100 @@ def _xbackward_kernel(
     R = max(xd.shape[3] - 2 * N, 0)
     RP = R if lowrank else 0
     ntile = (L + TILE - 1) // TILE
-    for i in prange(blk_b.shape[0]):
-        bi = max(blk_b[i], 0)  # max(., 0): see _xload_dt
-        g = max(blk_g[i], 0)
-        c0 = max(blk_c[i], 0)
-        W = blk_w[i]
-        j0 = max(blk_j[i], 0)
-        TT = np.zeros(TILE * _TT * V, np.float32)
-        ST = np.zeros(N * _ST * V, np.float32)
+    nit = blk_b.shape[0]
+    nth = max(min(nthreads, nit), 1)
+    for th in prange(nth):  # items th, th + nth, ...: the 256 KB recompute buffer once per thread
         HA = np.empty(TILE * N * 2 * V, np.float32)
-        LV = np.zeros(4 * V, np.float32)
-        wt = np.zeros(R * V if lowrank else 1, np.float32)
-        dWt = np.zeros(R * V if lowrank else 1, np.float32)
-        Bt = np.zeros((1, 1, TILE, N), np.float32)
-        Ct = np.zeros((1, 1, TILE, N), np.float32)
-        dBt = np.zeros((TILE, N), np.float32)
-        dCt = np.zeros((TILE, N), np.float32)
-        for k in range(g, K, G):  # the pair's directions, one after the other
-            first = k == g
-            kc0 = max(k * d + c0, 0)
-            for w in range(V):
-                for r4 in range(2, 4):
-                    LV[r4 * V + w] = 0.0
-                for n in range(N):
-                    ST[(n * _ST + 2) * V + w] = 0.0  # dL/d last state = 0
-                    ST[(n * _ST + 3) * V + w] = 0.0
-            for w in range(W):
-                LV[w] = bias[kc0 + w]
-                LV[V + w] = D[kc0 + w]
-                for n in range(N):
-                    ST[n * _ST * V + w] = A[kc0 + w, n]
-                    ST[(n * _ST + 4) * V + w] = A[kc0 + w, n] * LOG2E
-                if lowrank:
-                    for j in range(R):
-                        wt[j * V + w] = wdt[k, j, c0 + w]
-            if lowrank:
-                dWt[:] = 0.0
-            for kk in range(ntile):  # tiles in reverse, counted up (see _adjoint_tile)
-                kt = max(ntile - 1 - kk, 0)
-                t0 = kt * TILE
-                T = min(TILE, L - t0)
-                for n in range(N):
-                    for w in range(W):
-                        ST[(n * _ST + 1) * V + w] = ckin[bi, k, kt, n, c0 + w]
-                _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct)
-                _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
-                dBt[:] = 0.0
-                dCt[:] = 0.0
-                _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
-                _adjoint_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dBt)
-                for t in range(T):  # as _store_grads: du += D dy; ddelta = d(dt) * dt'; dD, dbias sums
-                    ot = t * _TT * V
-                    for w in range(V):
-                        dyw = TT[ot + 3 * V + w]
-                        gq = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
-                        TT[ot + 4 * V + w] += dyw * LV[V + w]
-                        TT[ot + 5 * V + w] = gq
-                        LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
-                        LV[3 * V + w] += gq
-                for t in range(T):
-                    p = max(idx[k, t0 + t], 0)
-                    ot = t * _TT * V
-                    if first:
-                        for w in range(W):
-                            dubuf[bi, g, p, c0 + w] = TT[ot + 4 * V + w]
-                    else:
-                        for w in range(W):
-                            dubuf[bi, g, p, c0 + w] += TT[ot + 4 * V + w]
-                    if lowrank:  # delta = dts @ wt: d dts (summed over this block's lanes), d wt
+        for i in range(th, nit, nth):
+            bi = max(blk_b[i], 0)  # max(., 0): see _xload_dt
+            g = max(blk_g[i], 0)
+            c0 = max(blk_c[i], 0)
+            W = blk_w[i]
+            j0 = max(blk_j[i], 0)
+            TT = np.zeros(TILE * _TT * V, np.float32)
+            ST = np.zeros(N * _ST * V, np.float32)
+            LV = np.zeros(4 * V, np.float32)
+            wt = np.zeros(R * V if lowrank else 1, np.float32)
+            dWt = np.zeros(R * V if lowrank else 1, np.float32)
+            Bt = np.zeros((1, 1, TILE, N), np.float32)
+            Ct = np.zeros((1, 1, TILE, N), np.float32)
+            dBt = np.zeros((TILE, N), np.float32)
+            dCt = np.zeros((TILE, N), np.float32)
+            for k in range(g, K, G):  # the pair's directions, one after the other
+                first = k == g
+                kc0 = max(k * d + c0, 0)
+                for w in range(V):
+                    for r4 in range(2, 4):
+                        LV[r4 * V + w] = 0.0
+                    for n in range(N):
+                        ST[(n * _ST + 2) * V + w] = 0.0  # dL/d last state = 0
+                        ST[(n * _ST + 3) * V + w] = 0.0
+                for w in range(W):
+                    LV[w] = bias[kc0 + w]
+                    LV[V + w] = D[kc0 + w]
+                    for n in range(N):
+                        ST[n * _ST * V + w] = A[kc0 + w, n]
+                        ST[(n * _ST + 4) * V + w] = A[kc0 + w, n] * LOG2E
+                    if lowrank:
                         for j in range(R):
-                            sj = np.float32(0.0)
-                            for w in range(V):
-                                sj += TT[ot + 5 * V + w] * wt[j * V + w]
-                            P[bi, k, j0, p, j] = sj
-                            xj = xd[bi, p, k, j]
-                            for w in range(V):
-                                dWt[j * V + w] += TT[ot + 5 * V + w] * xj
-                    else:
-                        for w in range(W):
-                            ddel[bi, k, p, c0 + w] = TT[ot + 5 * V + w]
-                    for n in range(N):
-                        P[bi, k, j0, p, RP + n] = dBt[t, n]
-                    for n in range(N):
-                        P[bi, k, j0, p, RP + N + n] = dCt[t, n]
-            for w in range(W):
-                dD_part[bi, kc0 + w] = LV[2 * V + w]
-                dbias_part[bi, kc0 + w] = LV[3 * V + w]
-                for n in range(N):
-                    dA_part[bi, kc0 + w, n] = ST[(n * _ST + 3) * V + w]
+                            wt[j * V + w] = wdt[k, j, c0 + w]
                 if lowrank:
-                    for j in range(R):
-                        dW_part[bi, k, j, c0 + w] = dWt[j * V + w]
+                    dWt[:] = 0.0
+                for kk in range(ntile):  # tiles in reverse, counted up (see _adjoint_tile)
+                    kt = max(ntile - 1 - kk, 0)
+                    t0 = kt * TILE
+                    T = min(TILE, L - t0)
+                    for n in range(N):
+                        for w in range(W):
+                            ST[(n * _ST + 1) * V + w] = ckin[bi, k, kt, n, c0 + w]
+                    _xload_bc(xd, bi, k, idx, t0, T, N, Bt, Ct)
+                    _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, t0, T, TT)
+                    dBt[:] = 0.0
+                    dCt[:] = 0.0
+                    _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
+                    _adjoint_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dBt)
+                    for t in range(T):  # as _store_grads: du += D dy; ddelta = d(dt) * dt'; dD, dbias sums
+                        ot = t * _TT * V
+                        for w in range(V):
+                            dyw = TT[ot + 3 * V + w]
+                            gq = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
+                            TT[ot + 4 * V + w] += dyw * LV[V + w]
+                            TT[ot + 5 * V + w] = gq
+                            LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
+                            LV[3 * V + w] += gq
+                    for t in range(T):
+                        p = max(idx[k, t0 + t], 0)
+                        ot = t * _TT * V
+                        if first:
+                            for w in range(W):
+                                dubuf[bi, g, p, c0 + w] = TT[ot + 4 * V + w]
+                        else:
+                            for w in range(W):
+                                dubuf[bi, g, p, c0 + w] += TT[ot + 4 * V + w]
+                        if lowrank:  # delta = dts @ wt: d dts (summed over this block's lanes), d wt
+                            for j in range(R):
+                                sj = np.float32(0.0)
+                                for w in range(V):
+                                    sj += TT[ot + 5 * V + w] * wt[j * V + w]
+                                P[bi, k, j0, p, j] = sj
+                                xj = xd[bi, p, k, j]
+                                for w in range(V):
+                                    dWt[j * V + w] += TT[ot + 5 * V + w] * xj
+                        else:
+                            for w in range(W):
+                                ddel[bi, k, p, c0 + w] = TT[ot + 5 * V + w]
+                        for n in range(N):
+                            P[bi, k, j0, p, RP + n] = dBt[t, n]
+                        for n in range(N):
+                            P[bi, k, j0, p, RP + N + n] = dCt[t, n]
+                for w in range(W):
+                    dD_part[bi, kc0 + w] = LV[2 * V + w]
+                    dbias_part[bi, kc0 + w] = LV[3 * V + w]
+                    for n in range(N):
+                        dA_part[bi, kc0 + w, n] = ST[(n * _ST + 3) * V + w]
+                    if lowrank:
+                        for j in range(R):
+                            dW_part[bi, k, j, c0 + w] = dWt[j * V + w]
 
 
 def _xblocks(batch: int, groups: int, dim: int) -> tuple[np.ndarray, ...]:
@@ -953,7 +957,7 @@ def cross_scan_backward(u, xd, wdt, A, D, delta_bias, idx, softplus: bool, dy, s
     _xbackward_kernel(
         _np(u), _np(xd), wt.numpy(), lowrank, _np(delta_bias), bool(softplus), _np(A), _np(D), _np(idx),
         _np(dy), _np(states), dubuf.numpy(), P.numpy(), ddel.numpy(), dW_part.numpy(), dA_part.numpy(),
-        dD_part.numpy(), dbias_part.numpy(), *blocks,
+        dD_part.numpy(), dbias_part.numpy(), *blocks, numba.get_num_threads(),
     )  # fmt: skip
     if groups == 1:
         du = dubuf[:, 0]
