@@ -25,7 +25,13 @@ Design (measured on a 2-core x86_64; see benchmarks/selective_scan.py):
 - Vectorisation (check with ``inspect_asm``): lane loops must stay affine. Time loops count up (a
   ``range(T - 1, -1, -1)`` index made numba's negative-index wraparound non-foldable and LLVM
   emitted scalar code), and the backward's scratch sits in flat arrays with a compile-time lane
-  stride so that no runtime overlap checks are needed.
+  stride so that no runtime overlap checks are needed. Every index read from an array or passed in
+  (positions, block starts, batch) is clamped with ``max(., 0)`` before it is used: otherwise the
+  wraparound select turns a contiguous row copy into a gather (measured 6x slower).
+- The direction-aware kernels and the backward's recompute take the decays as 2**(dt * A log2 e)
+  (``_exp2``: rint / ldexp, single ``vrndscaleps`` / ``vscalefps`` instructions with AVX-512, the
+  exponent bits assembled by hand elsewhere; ~1 ulp), which needs no Cody-Waite reduction and few
+  enough constants to sit inside the recurrence loop.
 - dt = softplus(delta + delta_bias) and its derivative are computed inside the kernels, on each tile
   as it is loaded (softplus with a branch-free log1p, ~2 ulp like ``exp``), so no full-size PyTorch
   pass runs before or after them; D is folded into the store loops, and the sums for dD and
