@@ -436,7 +436,7 @@ _cross_op.register_autograd(_cross_backward, setup_context=_cross_setup_context)
 )
 def _cross_gated_op(
     u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, xz, norm_weight, norm_bias, eps
-):  # noqa: E501
+):
     mod, why = numba_kernels()
     if mod is None:
         raise RuntimeError(why)
@@ -448,7 +448,7 @@ def _cross_gated_op(
 @_cross_gated_op.register_fake
 def _cross_gated_fake(
     u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, xz, norm_weight, norm_bias, eps
-):  # noqa: E501
+):
     return u.new_empty(u.shape, dtype=torch.float32)
 
 
