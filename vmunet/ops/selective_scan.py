@@ -223,6 +223,10 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, *rest = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.mark_non_differentiable(output[2])
+    # unused outputs (the last state, the saved states) get None, not a zero-filled gradient (the
+    # states are (b, ceil(L / 32), N, d): 6 MB zeroed per call at VM-UNet's stage 1); every backend
+    # takes dlast=None as zero
+    ctx.set_materialize_grads(False)
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
 
