@@ -307,6 +307,44 @@ _TT = 7  # per-step rows of the (T, _TT, V) tile: dt, x = dt*u, u, dy, s (-> du)
 _ST = 5  # per-state rows of the (N, _ST, V) state: A, h, g, dA, A log2(e) (the decays' exponent)
 
 
+@njit(inline="always", cache=True)
+def _finish_tile_bwd(LV, softplus, T, TT):
+    """In place on a loaded backward tile (rows dt before bias, u): dt = softplus(delta + bias) (or
+    delta + bias), x = dt * u and d dt / d delta; LV[:V] holds the block's bias. Contiguous lanes:
+    vectorised (padding lanes get u = 0, hence x = 0: inert). Inlined into both loaders (under their
+    fastmath flags, as ``_finish_tile``)."""
+    for t in range(T):
+        ot = t * _TT * V
+        if softplus:
+            for w in range(V):
+                v, g = _softplus_and_grad(TT[ot + w] + LV[w])
+                TT[ot + w] = v
+                TT[ot + V + w] = v * TT[ot + 2 * V + w]
+                TT[ot + 6 * V + w] = g
+        else:
+            for w in range(V):
+                v = TT[ot + w] + LV[w]
+                TT[ot + w] = v
+                TT[ot + V + w] = v * TT[ot + 2 * V + w]
+                TT[ot + 6 * V + w] = 1.0
+
+
+@njit(inline="always", cache=True)
+def _finish_grads(TT, LV, T):
+    """In place on a tile after the adjoint: du += D dy, d delta = d(dt) * d dt / d delta; the sums
+    of dy * u (-> dD) and of d delta (-> d bias) per lane into LV's rows 2 and 3 (rows 0, 1: the
+    block's bias and D). Inlined into both backward kernels."""
+    for t in range(T):  # contiguous lanes: vectorised
+        ot = t * _TT * V
+        for w in range(V):
+            dyw = TT[ot + 3 * V + w]
+            g = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
+            TT[ot + 4 * V + w] += dyw * LV[V + w]
+            TT[ot + 5 * V + w] = g
+            LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
+            LV[3 * V + w] += g
+
+
 @njit(fastmath=_FM_FWD, **_KW)
 def _load_tile_bwd(u, delta, LV, softplus, dy, bi, c0, W, t0, T, TT):
     """TT rows of steps [t0, t0 + T): dt, dt * u, u, dy and d dt / d delta; LV[:V]: the block's bias."""
@@ -324,20 +362,7 @@ def _load_tile_bwd(u, delta, LV, softplus, dy, bi, c0, W, t0, T, TT):
             TT[o] = delta[bi, c0 + w, t0 + t]
             TT[o + 2 * V] = u[bi, c0 + w, t0 + t]
             TT[o + 3 * V] = dy[bi, c0 + w, t0 + t]
-    for t in range(T):  # contiguous lanes: vectorised (padding lanes get u = 0, hence x = 0: inert)
-        ot = t * _TT * V
-        if softplus:
-            for w in range(V):
-                v, g = _softplus_and_grad(TT[ot + w] + LV[w])
-                TT[ot + w] = v
-                TT[ot + V + w] = v * TT[ot + 2 * V + w]
-                TT[ot + 6 * V + w] = g
-        else:
-            for w in range(V):
-                v = TT[ot + w] + LV[w]
-                TT[ot + w] = v
-                TT[ot + V + w] = v * TT[ot + 2 * V + w]
-                TT[ot + 6 * V + w] = 1.0
+    _finish_tile_bwd(LV, softplus, T, TT)
 
 
 @njit(fastmath=_FM_BWD, **_KW)
@@ -408,15 +433,7 @@ def _adjoint_tile(Bt, Ct, bB, gB, bC, gC, t0, T, N, TT, ST, HA, dBp):
 def _store_grads(du, ddelta, TT, LV, bi, c0, W, t0, T):
     """du (+ D dy) and d delta of steps [t0, t0 + T) from TT to (b, d, L); sums of dy * u (-> dD) and
     d delta (-> d bias) per lane into LV's rows 2 and 3 (LV rows 0, 1: the block's bias and D)."""
-    for t in range(T):  # contiguous lanes: vectorised
-        ot = t * _TT * V
-        for w in range(V):
-            dyw = TT[ot + 3 * V + w]
-            g = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
-            TT[ot + 4 * V + w] += dyw * LV[V + w]
-            TT[ot + 5 * V + w] = g
-            LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
-            LV[3 * V + w] += g
+    _finish_grads(TT, LV, T)
     W8 = W - W % _R
     for w0 in range(0, W8, _R):
         for t in range(T):
@@ -742,20 +759,7 @@ def _xload_tile_bwd(u, xd, wt, lowrank, R, LV, softplus, dy, bi, k, c0, W, idx, 
         for w in range(W):
             TT[o + 2 * V + w] = u[bi, p, c0 + w]
             TT[o + 3 * V + w] = dy[bi, p, c0 + w]
-    for t in range(T):
-        ot = t * _TT * V
-        if softplus:
-            for w in range(V):
-                v, g = _softplus_and_grad(TT[ot + w] + LV[w])
-                TT[ot + w] = v
-                TT[ot + V + w] = v * TT[ot + 2 * V + w]
-                TT[ot + 6 * V + w] = g
-        else:
-            for w in range(V):
-                v = TT[ot + w] + LV[w]
-                TT[ot + w] = v
-                TT[ot + V + w] = v * TT[ot + 2 * V + w]
-                TT[ot + 6 * V + w] = 1.0
+    _finish_tile_bwd(LV, softplus, T, TT)
 
 
 @njit(parallel=True, fastmath=_FM_BWD, **_KW)
@@ -828,15 +832,7 @@ def _xbackward_kernel(
                     dCt[:] = 0.0
                     _recompute_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dCt)
                     _adjoint_tile(Bt, Ct, 0, 0, 0, 0, 0, T, N, TT, ST, HA, dBt)
-                    for t in range(T):  # as _store_grads: du += D dy; ddelta = d(dt) * dt'; dD, dbias sums
-                        ot = t * _TT * V
-                        for w in range(V):
-                            dyw = TT[ot + 3 * V + w]
-                            gq = TT[ot + 5 * V + w] * TT[ot + 6 * V + w]
-                            TT[ot + 4 * V + w] += dyw * LV[V + w]
-                            TT[ot + 5 * V + w] = gq
-                            LV[2 * V + w] += dyw * TT[ot + 2 * V + w]
-                            LV[3 * V + w] += gq
+                    _finish_grads(TT, LV, T)
                     for t in range(T):
                         p = max(idx[k, t0 + t], 0)
                         ot = t * _TT * V

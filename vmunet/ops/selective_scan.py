@@ -456,8 +456,11 @@ def _cross_gated_fake(
     return u.new_empty(u.shape, dtype=torch.float32)
 
 
-def _check_cpu(fn: str, tensors: dict[str, Tensor]) -> None:
+def _check_cpu(fn: str, tensors: dict[str, Tensor], want: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Each tensor on the CPU and, where ``want`` names one, of that shape; else a ValueError naming it."""
     for name, t in tensors.items():
+        if want is not None and name in want and tuple(t.shape) != want[name]:
+            raise ValueError(f"{fn}: {name} must be {want[name]}, got {_shape(t)}")
         if t.device.type != "cpu":
             raise ValueError(f"{fn}: {name} must be a CPU tensor, got one on {t.device}")
 
@@ -478,10 +481,7 @@ def _check_packed(u, x_dbl, dt_weight, A, D, delta_bias, index, fn: str) -> None
     if dt_weight is not None:
         want["dt_weight"] = (K, d, r)
         got["dt_weight"] = dt_weight
-    for name, t in got.items():
-        if tuple(t.shape) != want[name]:
-            raise ValueError(f"{fn}: {name} must be {want[name]}, got {_shape(t)}")
-    _check_cpu(fn, got)
+    _check_cpu(fn, got, want)
 
 
 # dt ranks above this are expanded by one matmul before the op instead of inside its kernels: the
@@ -682,10 +682,7 @@ def cross_selective_scan(
     want = {"u": (b, L, d), "delta": (b, K, L, d), "A": (K * d, n), "B": (b, K, L, n), "C": (b, K, L, n)}
     want.update({"D": (K * d,), "delta_bias": (K * d,), "index": (K, L)})
     got = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias, "index": index}
-    for name, t in got.items():
-        if tuple(t.shape) != want[name]:
-            raise ValueError(f"cross_selective_scan: {name} must be {want[name]}, got {_shape(t)}")
-    _check_cpu("cross_selective_scan", got)
+    _check_cpu("cross_selective_scan", got, want)
     f32 = torch.float32
     xd = torch.cat([delta.to(f32), B.to(f32), C.to(f32)], dim=3).transpose(1, 2)  # (b, L, K, d + 2N)
     return _run_cross(u, xd, u.new_empty((0,)), A, D, delta_bias, index, delta_softplus)
