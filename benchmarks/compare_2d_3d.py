@@ -106,7 +106,6 @@ def main() -> None:
     test = dl["test"][0]
 
     from vmunet.train import Trainer
-    from vmunet.train.volume import VolumeTrainer
 
     cfg2 = load_config(
         "demo",
@@ -129,7 +128,7 @@ def main() -> None:
     rows = {}
     for tag, cfg, cls, roi_voxels in (
         ("2-D vmunet_tiny (slices)", cfg2, Trainer, 96 * 96),
-        ("3-D vmunet3d_tiny (patches)", cfg3, VolumeTrainer, 64 * 64 * 16),
+        ("3-D vmunet3d_tiny (patches)", cfg3, Trainer, 64 * 64 * 16),
     ):
         torch.manual_seed(0)
         trainer = cls(cfg, Path(cfg.output_dir))

@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from vmunet.inference.predict import (
-    axial_axis,
+from vmunet.inference.inferers import (
+    SliceInferer,
+    SlidingWindowInferer3D,
+    WholeImageInferer,
     labels_from_probabilities,
     pad_to_multiple,
     predict_probabilities,
-    predict_volume,
+    probabilities_to_numpy,
 )
+from vmunet.inference.strategies import axial_axis
 
 
 class Recorder(torch.nn.Module):
@@ -165,57 +168,59 @@ def test_axial_axis_from_orientation():
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
-def test_predict_volume_slice_by_slice_matches_voxelwise_reference(axis):
+def test_slice_inferer_streams_a_volume_matching_a_voxelwise_reference(axis):
     net = _pointwise(out_ch=3)
     vol = np.random.default_rng(4).integers(-300, 400, size=(9, 7, 5)).astype(np.int16)
     seen = []
 
-    def normalize(block):
+    def preprocess(block):
         seen.append(block.shape)
-        return np.clip((block.astype(np.float32) + 125) / 400, 0, 1)
+        return np.clip((block.astype(np.float32) + 125) / 400, 0, 1)[:, None]
 
-    labels, probs = predict_volume(
-        net,
-        vol,
-        axis=axis,
-        normalize=normalize,
-        out_channels=3,
-        batch_size=2,
-        roi_size=(32, 32),
-        activation="softmax",
-        return_probabilities=True,
-        probability_dtype="uint8",
-    )
+    inner = WholeImageInferer(None, activation="softmax")
+    slicer = SliceInferer(inner, axis=axis, batch_size=2)
+    labels = np.zeros(vol.shape, np.uint8)
+    probs = np.zeros((*vol.shape, 3), np.uint8)
+    for idx, p in slicer.iter_batches(vol, net, preprocess):
+        np.moveaxis(labels, axis, 0)[idx] = labels_from_probabilities(p, "softmax").numpy()
+        np.moveaxis(probs, axis, 0)[idx] = probabilities_to_numpy(p, "uint8", channel_axis=1)
     # Voxel-wise reference on the whole volume, no slicing at all.
     xn = np.clip((vol.astype(np.float64) + 125) / 400, 0, 1)
     ref = _softmax_np(_pointwise_np(net, xn.reshape(1, 1, -1, 1))).reshape(3, *vol.shape)
     np.testing.assert_array_equal(labels, ref.argmax(0))
-    assert labels.dtype == np.uint8 and labels.shape == vol.shape
-    assert probs.dtype == np.uint8 and probs.shape == (*vol.shape, 3)
     assert np.abs(probs.astype(float) / 255 - np.moveaxis(ref, 0, -1)).max() <= 1 / 255 + 1e-6
     # Batches of at most 2 slices, each the other two axes in order.
     other = tuple(s for a, s in enumerate(vol.shape) if a != axis)
     assert all(s[1:] == other and s[0] <= 2 for s in seen)
     assert sum(s[0] for s in seen) == vol.shape[axis]
+    # The tensor form gives the same probabilities as the stream.
+    x = torch.from_numpy(np.clip((vol.astype(np.float32) + 125) / 400, 0, 1))[None, None]
+    whole = slicer(x, net)
+    np.testing.assert_allclose(whole[0].numpy(), ref, atol=1e-5)
 
 
-def test_predict_volume_resize_mode_runs_each_slice_at_input_size():
+def test_resize_inferer_runs_each_slice_at_input_size():
     net = Recorder(_pointwise(out_ch=1))
-    vol = np.random.default_rng(5).random((40, 50, 3)).astype(np.float32)
-    labels, probs = predict_volume(
-        net,
-        vol,
-        axis=2,
-        normalize=lambda b: b.astype(np.float32),
-        out_channels=1,
-        batch_size=4,
-        roi_size=(64, 64),
-        resize=True,
-        activation="sigmoid",
-    )
-    assert probs is None and labels.shape == vol.shape
+    vol = torch.rand(1, 1, 40, 50, 3)
+    slicer = SliceInferer(WholeImageInferer((64, 64), resize=True), axis=2, batch_size=4)
+    probs = slicer(vol, net)
+    assert probs.shape == (1, 1, 40, 50, 3)
     assert net.shapes == [(64, 64)]
-    assert set(np.unique(labels)) <= {0, 1}
+
+
+def test_3d_inferer_tta_averages_the_flip_of_each_axis():
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 3, padding=1).eval()  # not flip-equivariant
+    x = torch.randn(1, 1, 16, 16, 8)
+    inf = SlidingWindowInferer3D((16, 16, 8), overlap=0.0, activation="softmax", tta=True)
+    got = inf(x, net).numpy()
+    acc = np.zeros((1, 2, 16, 16, 8))
+    for axes in [(), (2,), (3,), (4,)]:  # by hand, in numpy
+        xf = np.ascontiguousarray(np.flip(x.numpy(), axes) if axes else x.numpy())
+        with torch.no_grad():
+            p = _softmax_np(net(torch.from_numpy(xf)).double().numpy())
+        acc += np.flip(p, axes) if axes else p
+    np.testing.assert_allclose(got, acc / 4, atol=1e-5)
 
 
 def test_gaussian_blending_weights_the_window_centre():
@@ -241,7 +246,7 @@ def test_prediction_runs_under_inference_mode():
     # segmentation needs no autograd record at all: the forward runs under torch.inference_mode
     import torch
 
-    from vmunet.inference.predict import predict_probabilities
+    from vmunet.inference.inferers import predict_probabilities
 
     seen = []
 

@@ -130,10 +130,10 @@ def test_3d_checkpoint_given_a_2d_image_gets_one_message(ckpt3d, tmp_path, capsy
 
 
 def test_2d_checkpoint_still_segments_a_volume_slice_by_slice(ct_checkpoint):
-    from vmunet.inference.volumetric import PlanarStrategy
+    from vmunet.inference.strategies import PlanarStrategy
 
     seg = Segmenter(ct_checkpoint, device="cpu")
-    assert isinstance(seg._strategy, PlanarStrategy)
+    assert isinstance(seg.strategy, PlanarStrategy)
     vol = np.random.default_rng(1).uniform(-200, 300, (40, 36, 2)).astype(np.float32)
     pred = seg.predict(ImageData(vol, spacing=(0.8, 0.8, 3.0), format="nifti"))
     assert pred.labels.shape == vol.shape and pred.axis == 2

@@ -39,11 +39,11 @@ def demo3d(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(demo3d, tmp_path_factory):
-    from vmunet.train.volume import VolumeTrainer
+    from vmunet.train import Trainer
 
     out = tmp_path_factory.mktemp("run3d")
     cfg = load_config("demo3d", overrides=[*FAST, f"data.root={demo3d}", f"output_dir={out}"])
-    trainer = VolumeTrainer(cfg, out)
+    trainer = Trainer(cfg, out)
     before = trainer.validate()["val_dice"]
     summary = trainer.fit()
     return {"out": out, "before": before, "summary": summary, "cfg": cfg}
@@ -92,11 +92,11 @@ def test_vmunet_test_and_evaluate_agree_on_3d_volumes(trained, demo3d, tmp_path,
 
 
 def test_3d_recipe_checks_the_patch_against_the_model(demo3d, tmp_path):
-    from vmunet.train.volume import VolumeTrainer
+    from vmunet.train import Trainer
 
     cfg = load_config("demo3d", overrides=[*FAST, "data.size=[32, 32, 24]", f"data.root={demo3d}"])
     with pytest.raises(ConfigError, match=r"data.size.*multiple of \[32, 32, 16\]"):
-        VolumeTrainer(cfg, tmp_path)
+        Trainer(cfg, tmp_path)
     with pytest.raises(ConfigError, match="data.size' expects three positive integers"):
         load_config("demo3d", overrides=["data.size=[32, 32]"])
 

@@ -25,7 +25,10 @@ def _oracle_checkpoint(path: Path, out_channels: int) -> Path:
                 "kwargs": {"in_channels": 1, "out_channels": out_channels},
             },
             "model": OracleNet(1, out_channels).state_dict(),
-            "inference": {"out_channels": out_channels, "activation": "sigmoid"},
+            "inference": {
+                "out_channels": out_channels,
+                "activation": "sigmoid" if out_channels == 1 else "softmax",
+            },
         },
     )
 
@@ -111,7 +114,7 @@ def test_checkpoint_that_does_not_fit_the_config_is_a_clear_error(tmp_path, caps
 
 def test_synapse_protocol_scores_whole_volumes_slice_by_slice(tmp_path):
     from vmunet.config import load_config
-    from vmunet.train.evaluate import predict_volume, test_checkpoint
+    from vmunet.train.evaluate import synapse_paper_labels, test_checkpoint
 
     rng = np.random.default_rng(2)
     entries = []
@@ -152,6 +155,6 @@ def test_synapse_protocol_scores_whole_volumes_slice_by_slice(tmp_path):
         assert per_class[name]["dice"]["mean"] == pytest.approx(np.mean(dices), abs=1e-9)
     # Slices resized to another network size come back at the volume's own size.
     model = OracleNet(1, 3)
-    out = predict_volume(model, vols[0][None], (32, 32), 3, torch.device("cpu"), batch_size=2)
+    out = synapse_paper_labels(model, vols[0][None], (32, 32), "softmax", torch.device("cpu"), batch_size=2)
     assert out.shape == vols[0].shape
     assert np.mean(out == vols[0] // 100) > 0.6

@@ -39,6 +39,16 @@ def _overlap(text: str) -> float:
     return v
 
 
+def _unit(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -70,7 +80,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="slices / windows (2-D or 3-D) per forward pass",
     )
-    p.add_argument("--overlap", type=_overlap, default=0.5, metavar="F", help="sliding-window overlap [0, 1)")
+    p.add_argument(
+        "--overlap",
+        type=_overlap,
+        default=None,
+        metavar="F",
+        help="sliding-window overlap [0, 1) (default: the checkpoint's, from the recipe's eval.overlap)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_unit,
+        default=None,
+        metavar="P",
+        help="sigmoid models: foreground from this probability (default: the checkpoint's eval.threshold)",
+    )
     p.add_argument(
         "--tta", action="store_true", help="average over flips (test-time augmentation; 3-D: each axis)"
     )
@@ -101,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             tta=args.tta,
             axis=args.axis,
+            threshold=args.threshold,
         )
     except ValueError as exc:  # a bad option value (e.g. --device gpu): one line, exit 2
         if isinstance(exc, VmunetUserError):

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from vmunet.data.io import image_format, read_image
 from vmunet.data.manifests import synapse_label_lut
+from vmunet.data.transforms import as_channels as _as_channels
 from vmunet.data.transforms import normalize_intensity
 from vmunet.errors import InputFileError
 
@@ -114,23 +115,6 @@ def _convert_label(mask: np.ndarray, path: object, mode: str, num_classes: int |
         m = _index_mask(mask, path, 14)
         return synapse_label_lut()[m]
     return _index_mask(mask, path, num_classes)
-
-
-def _as_channels(image: np.ndarray, channels: int | None, path: object) -> np.ndarray:
-    """(H, W[, C]) -> (H, W, C) with the requested channel count."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise InputFileError(path, f"expected a 2-D image (H, W) or (H, W, C), got shape {image.shape}")
-    if channels is None or image.shape[-1] == channels:
-        return image
-    if channels == 3 and image.shape[-1] == 1:
-        return np.repeat(image, 3, axis=-1)
-    if channels == 3 and image.shape[-1] == 4:
-        return image[..., :3]
-    if channels == 1 and image.shape[-1] in (3, 4):
-        return image[..., :3].mean(axis=-1, keepdims=True).astype(np.float32)
-    raise InputFileError(path, f"image has {image.shape[-1]} channels, expected {channels}")
 
 
 def _finish(

@@ -48,6 +48,7 @@ __all__ = [
     "write_image",
     "is_supported",
     "case_name",
+    "spacing_is_known",
     "split_extension",
     "image_format",
     "SUPPORTED_EXTENSIONS",
@@ -258,6 +259,33 @@ def is_supported(path: str | os.PathLike[str]) -> bool:
 
 
 # --------------------------------------------------------------------------- readers
+
+
+# Formats that store no pixel / voxel size: scores on them are in pixels, volumes are treated as 1 mm.
+_NO_SPACING_FORMATS = frozenset({"h5", "npy", "npz", "png", "jpeg", "bmp", "tiff"})
+
+
+def spacing_is_known(img: Any) -> bool:
+    """Whether an :class:`ImageData` carries real physical pixel / voxel sizes (mm).
+
+    Pictures (PNG, JPEG, BMP, TIFF), HDF5 and NumPy files store none; a NIfTI header whose
+    ``pixdim`` is zero on a spatial axis has none either.
+
+    Example:
+        >>> spacing_is_known(ImageData(np.zeros((4, 4)), format="png"))
+        False
+    """
+    if getattr(img, "format", "") in _NO_SPACING_FORMATS:
+        return False
+    hdr = (getattr(img, "meta", None) or {}).get("nifti_header")
+    if hdr is not None:
+        nd = len(getattr(img, "spacing", ()) or ()) or 3
+        try:
+            pixdim = [float(v) for v in hdr["pixdim"][1 : 1 + nd]]
+        except (KeyError, TypeError, ValueError):
+            return True
+        return all(v > 0 for v in pixdim)
+    return True
 
 
 def read_image(path: str | os.PathLike[str], key: str | None = None) -> ImageData:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "as_channels",
     "normalize_intensity",
     "check_normalization",
     "NORMALIZATION_KINDS",
@@ -140,3 +141,51 @@ def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any] | None) -> np
     if hi <= lo:
         return np.zeros_like(x)
     return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+#: (channels in the file, channels the model takes) pairs that :func:`as_channels` converts.
+CONVERTIBLE_CHANNELS = frozenset({(1, 3), (4, 3), (3, 1), (4, 1)})
+
+_CHANNEL_KIND = {1: "grayscale", 2: "2-channel", 3: "RGB", 4: "RGBA"}
+
+
+def as_channels(image: np.ndarray, channels: int | None, where: object, spatial_ndim: int = 2) -> np.ndarray:
+    """``(*spatial[, C])`` -> ``(*spatial, channels)``: the one channel rule of training and inference.
+
+    Grayscale is repeated to 3 channels, RGBA loses its alpha, RGB(A) becomes grayscale by the
+    channel mean (float32); an equal count passes unchanged; ``channels=None`` keeps the file's.
+
+    Args:
+        image: ``spatial_ndim`` spatial axes, optionally followed by one channel axis.
+        channels: the channel count wanted (the model's ``in_channels``), or ``None``.
+        where: the file (or a description) named in the error.
+        spatial_ndim: 2 for pictures and slices, 3 for volumes.
+
+    Raises:
+        InputFileError: the shape has the wrong number of axes, or the channels cannot be converted.
+
+    Example:
+        >>> as_channels(np.zeros((4, 5)), 3, "a.png").shape
+        (4, 5, 3)
+    """
+    from vmunet.errors import InputFileError
+
+    if image.ndim == spatial_ndim:
+        image = image[..., None]
+    if image.ndim != spatial_ndim + 1:
+        axes = "(H, W) or (H, W, C)" if spatial_ndim == 2 else "(X, Y, Z) or (X, Y, Z, C)"
+        raise InputFileError(where, f"expected {spatial_ndim} spatial axes {axes}, got shape {image.shape}")
+    have = int(image.shape[-1])
+    if channels is None or have == channels:
+        return image
+    if (have, channels) not in CONVERTIBLE_CHANNELS:
+        kind = _CHANNEL_KIND.get(have, f"{have}-channel")
+        raise InputFileError(
+            where,
+            f"image has {have} channel(s) ({kind}, shape {image.shape}) but the model expects {channels}",
+        )
+    if channels == 3 and have == 1:
+        return np.repeat(image, 3, axis=-1)
+    if channels == 3 and have == 4:
+        return image[..., :3]
+    return image[..., :3].mean(axis=-1, keepdims=True, dtype=np.float32)

@@ -42,7 +42,7 @@ from monai.transforms import Transform
 from torch.utils.data import Dataset
 
 from vmunet.data.dataset_classes import VolumeSource, _convert_label
-from vmunet.data.io import read_image
+from vmunet.data.io import read_image, spacing_is_known
 from vmunet.errors import InputFileError
 
 __all__ = [
@@ -62,26 +62,6 @@ logger = logging.getLogger(__name__)
 
 #: 3-D augmentation recipes (``data.augmentation`` with ``data.spatial_dims: 3``).
 AUGMENTATIONS_3D = ("none", "btcv", "flips")
-
-# Formats that store no voxel size: a volume read from them is treated as 1 mm.
-_NO_SPACING_FORMATS = ("h5", "npy", "npz")
-
-
-def spacing_is_known(img: Any) -> bool:
-    """Whether an :class:`~vmunet.data.ImageData` carries real voxel sizes.
-
-    HDF5 / NumPy files store none; a NIfTI header with zero ``pixdim`` has none either.
-    """
-    if getattr(img, "format", "") in _NO_SPACING_FORMATS:
-        return False
-    hdr = (getattr(img, "meta", None) or {}).get("nifti_header")
-    if hdr is not None:
-        try:
-            pixdim = [float(v) for v in hdr["pixdim"][1:4]]
-        except (KeyError, TypeError, ValueError):
-            return True
-        return all(v > 0 for v in pixdim)
-    return True
 
 
 @dataclass(frozen=True)

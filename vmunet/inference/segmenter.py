@@ -19,186 +19,19 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vmunet.errors import InputFileError, VmunetUserError
-from vmunet.inference.predict import (
-    SIZE_MULTIPLE,
-    axial_axis,
-    labels_from_probabilities,
-    predict_probabilities,
-    predict_volume,
-)
+from vmunet.errors import VmunetUserError
+from vmunet.inference.spec import InferenceSpec, Prediction
+from vmunet.inference.strategies import RunOptions, input_error, strategy_for
 
 __all__ = ["InferenceSpec", "Prediction", "Segmenter", "resolve_device"]
 
 logger = logging.getLogger(__name__)
-
-# (channels in the file, channels the model takes) pairs converted like the training datasets.
-_CONVERTIBLE = {(1, 3), (4, 3), (3, 1), (4, 1)}
-
-#: Volumes with at least this many slices get their own progress bar (when bars are on).
-SLICE_BAR_MIN = 32
-
-
-# --------------------------------------------------------------------------- inference spec
-
-
-@dataclass(frozen=True)
-class InferenceSpec:
-    """What a checkpoint says about how to run its model (``ckpt["inference"]``).
-
-    Attributes:
-        in_channels: channels the model expects.
-        out_channels: channels (K) of the logits.
-        input_size: training patch ``(H, W)``; ``None`` predicts each image whole.
-        resize: resize every image to ``input_size`` and back (else sliding window).
-        normalization: :func:`vmunet.data.normalize_intensity` spec.
-        class_names: one name per label value (``0 .. n_labels-1``).
-        activation: ``"sigmoid"`` or ``"softmax"``.
-        spatial_dims: 2 (pictures; volumes slice by slice) or 3 (volumes whole, sliding window).
-        spacing: 3-D only: the training voxel size ``(X, Y, Z)`` in mm volumes are resampled
-            to (``None``: each volume is predicted on its own grid).
-
-    Example:
-        >>> spec = InferenceSpec.from_dict({"in_channels": 1, "out_channels": 2, "input_size": [64, 64]})
-        >>> spec.activation, spec.class_names
-        ('softmax', ('background', 'class_1'))
-    """
-
-    in_channels: int
-    out_channels: int
-    input_size: tuple[int, ...] | None = None
-    resize: bool = False
-    normalization: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
-    class_names: tuple[str, ...] = ()
-    activation: str = "sigmoid"
-    spatial_dims: int = 2
-    spacing: tuple[float, float, float] | None = None
-
-    @property
-    def n_labels(self) -> int:
-        """Number of label values in the label map (background included)."""
-        if self.activation == "sigmoid":
-            return self.out_channels + 1
-        return self.out_channels
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "checkpoint") -> InferenceSpec:
-        """Validate a checkpoint's ``"inference"`` dict; errors name the key."""
-
-        def bad(key: str, why: str) -> VmunetUserError:
-            return VmunetUserError(f"{source}: inference.{key} {why}")
-
-        if not isinstance(d, Mapping):
-            raise VmunetUserError(f"{source}: 'inference' must be a dict, got {type(d).__name__}")
-        sd = d.get("spatial_dims", 2)
-        if sd not in (2, 3):
-            raise bad("spatial_dims", f"must be 2 or 3, got {sd!r}")
-        sd = int(sd)
-        out: dict[str, Any] = {"spatial_dims": sd}
-        for key in ("in_channels", "out_channels"):
-            v = d.get(key)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise bad(key, f"must be a positive integer, got {v!r}")
-            out[key] = int(v)
-        size = d.get("input_size")
-        if sd == 3:
-            try:
-                roi = tuple(int(s) for s in size)  # type: ignore[union-attr]
-            except (TypeError, ValueError):
-                raise bad("input_size", f"must be the 3-D patch [X, Y, Z], got {size!r}") from None
-            if len(roi) != 3 or any(s < 1 for s in roi):
-                raise bad("input_size", f"must be the 3-D patch [X, Y, Z], got {size!r}")
-            out["input_size"] = roi
-            sp = d.get("spacing")
-            if sp is not None:
-                try:
-                    sp_t = tuple(float(s) for s in sp)
-                except (TypeError, ValueError):
-                    raise bad("spacing", f"must be [X, Y, Z] in mm, got {sp!r}") from None
-                if len(sp_t) != 3 or any(not s > 0 for s in sp_t):
-                    raise bad("spacing", f"must be three positive mm values [X, Y, Z], got {sp!r}")
-                out["spacing"] = sp_t
-            if d.get("resize"):
-                raise bad("resize", "must be false for a 3-D model (volumes go through a sliding window)")
-            size = None
-        elif size is not None:
-            try:
-                size_t = tuple(int(s) for s in size)
-            except (TypeError, ValueError):
-                raise bad("input_size", f"must be [H, W], got {size!r}") from None
-            if len(size_t) != 2 or any(s < SIZE_MULTIPLE or s % SIZE_MULTIPLE for s in size_t):
-                raise bad("input_size", f"must be [H, W], multiples of {SIZE_MULTIPLE}, got {size!r}")
-            out["input_size"] = size_t
-        out["resize"] = bool(d.get("resize", False)) and sd == 2
-        if out["resize"] and size is None:
-            raise bad("resize", "is true but inference.input_size is missing")
-        norm = d.get("normalization") or {"kind": "none"}
-        if not isinstance(norm, Mapping) or "kind" not in norm:
-            raise bad("normalization", f"must be a dict with a 'kind', got {norm!r}")
-        out["normalization"] = dict(norm)
-        act = d.get("activation") or ("sigmoid" if out["out_channels"] == 1 else "softmax")
-        if act not in ("sigmoid", "softmax"):
-            raise bad("activation", f"must be 'sigmoid' or 'softmax', got {act!r}")
-        if act == "softmax" and out["out_channels"] < 2:
-            raise bad("activation", "is 'softmax' but out_channels is 1 (use 'sigmoid')")
-        out["activation"] = act
-        n_labels = out["out_channels"] + 1 if act == "sigmoid" else out["out_channels"]
-        names = [str(n) for n in (d.get("class_names") or [])]
-        if len(names) == n_labels - 1:
-            names = ["background", *names]
-        if len(names) != n_labels:
-            if names:
-                logger.warning(
-                    "%s: inference.class_names has %d names for %d labels; using generic names",
-                    source,
-                    len(names),
-                    n_labels,
-                )
-            names = ["background"] + [f"class_{i}" for i in range(1, n_labels)]
-        out["class_names"] = tuple(names)
-        return cls(**out)
-
-
-# --------------------------------------------------------------------------- prediction
-
-
-@dataclass
-class Prediction:
-    """A label map (and optionally probabilities) for one image or volume.
-
-    Attributes:
-        labels: ``uint8`` (``uint16`` past 255 labels) label map with the input's spatial shape.
-        probabilities: ``(*spatial, K)`` float32 (or uint8 = p x 255) class probabilities, or ``None``.
-        image: the input with its geometry (the array may be dropped to save memory).
-        class_names: name of each label value.
-        axis: slicing axis used for a volume, else ``None``.
-        seconds: time spent predicting.
-
-    Example:
-        >>> import numpy as np
-        >>> p = Prediction(np.array([[0, 1], [1, 1]], np.uint8), None, None, ("background", "lesion"))
-        >>> p.voxel_counts()
-        {'background': 1, 'lesion': 3}
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray | None
-    image: Any
-    class_names: tuple[str, ...]
-    axis: int | None = None
-    seconds: float = 0.0
-
-    def voxel_counts(self) -> dict[str, int]:
-        """Number of pixels / voxels per label value, by class name."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
-        return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -275,21 +108,28 @@ class Segmenter:
     With a 3-D checkpoint (``inference.spatial_dims: 3``) each volume is resampled to the
     training spacing, predicted whole by a gaussian 3-D sliding window with ``overlap``
     (``tta``: averaged over flips of each axis) and its probabilities resampled back onto
-    the input grid; 2-D pictures are refused with one message. The two paths are strategy
-    objects (:mod:`vmunet.inference.volumetric`) chosen once from ``spatial_dims``.
+    the input grid; 2-D pictures are refused with one message. The two paths are strategies
+    (:mod:`vmunet.inference.strategies`: preprocess -> inferer -> postprocess) chosen once
+    from ``spatial_dims``; the inferers (:mod:`vmunet.inference.inferers`) are the same
+    ones training validation and ``vmunet test`` use.
+
+    The sliding-window overlap and the sigmoid threshold default to the checkpoint's
+    (``inference.overlap`` / ``inference.threshold``, written from the recipe's ``eval``
+    section), else 0.5.
 
     Args:
         checkpoint: path to a vmunet checkpoint, a loaded checkpoint dict, or an
             ``nn.Module`` (then ``inference`` is required).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         batch_size: slices (volumes) and windows (sliding window) per forward pass.
-        overlap: sliding-window overlap in [0, 1).
-        tta: average probabilities over the identity and the H, W and HW flips.
+        overlap: sliding-window overlap in [0, 1) (``None``: the checkpoint's).
+        tta: average probabilities over the identity and the H, W and HW flips (3-D: each axis).
         axis: slicing axis for volumes (0, 1 or 2); ``None`` picks the axial one.
         inference: the ``"inference"`` dict when ``checkpoint`` is a module.
         probability_dtype: ``"float32"`` or ``"uint8"`` (p x 255) for returned probabilities.
         scan_backend: selective-scan backend for the rebuilt model (``None``: automatic;
             see :func:`vmunet.ops.available_backends`).
+        threshold: sigmoid models: foreground from this probability (``None``: the checkpoint's).
 
     Raises:
         ValueError: a bad argument (names it and the allowed values).
@@ -309,32 +149,24 @@ class Segmenter:
         checkpoint: str | os.PathLike[str] | Mapping[str, Any] | torch.nn.Module,
         device: str | torch.device = "auto",
         batch_size: int = 4,
-        overlap: float = 0.5,
+        overlap: float | None = None,
         tta: bool = False,
         axis: int | None = None,
         *,
         inference: Mapping[str, Any] | None = None,
         probability_dtype: str = "float32",
         scan_backend: str | None = None,
+        threshold: float | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        try:
-            overlap_f = float(overlap)
-        except (TypeError, ValueError):
-            raise ValueError(f"overlap must be a number in [0, 1), got {overlap!r}") from None
-        if not 0.0 <= overlap_f < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+        overlap_f = None if overlap is None else _number(overlap, "overlap", 0.0, 1.0, "[0, 1)", closed=False)
+        threshold_f = None if threshold is None else _number(threshold, "threshold", 0.0, 1.0, "[0, 1]")
         if axis is not None and axis not in (0, 1, 2):
             raise ValueError(f"axis must be None, 0, 1 or 2, got {axis!r}")
         if probability_dtype not in ("float32", "uint8"):
             raise ValueError(f"probability_dtype must be 'float32' or 'uint8', got {probability_dtype!r}")
         self.device = resolve_device(device)
-        self.batch_size = int(batch_size)
-        self.overlap = overlap_f
-        self.tta = bool(tta)
-        self.axis = axis
-        self.probability_dtype = probability_dtype
         self.checkpoint_path: Path | None = None
         if isinstance(checkpoint, torch.nn.Module):
             if inference is None:
@@ -350,9 +182,36 @@ class Segmenter:
             source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint"
         self.spec = InferenceSpec.from_dict(info, source=f"checkpoint {source}")
         self.model = model.to(self.device).eval()
-        from vmunet.inference.volumetric import strategy_for
+        self.options = RunOptions(
+            device=self.device,
+            batch_size=int(batch_size),
+            overlap=self.spec.overlap if overlap_f is None else overlap_f,
+            threshold=self.spec.threshold if threshold_f is None else threshold_f,
+            tta=bool(tta),
+            axis=axis,
+            probability_dtype=probability_dtype,
+        )
+        self.strategy = strategy_for(self.spec.spatial_dims)(self.spec, self.options)
 
-        self._strategy = strategy_for(self.spec.spatial_dims)(self)
+    @property
+    def overlap(self) -> float:
+        """The sliding-window overlap in use."""
+        return self.options.overlap
+
+    @property
+    def threshold(self) -> float:
+        """The sigmoid threshold in use."""
+        return self.options.threshold
+
+    @property
+    def tta(self) -> bool:
+        """Whether flip TTA is on."""
+        return self.options.tta
+
+    @property
+    def batch_size(self) -> int:
+        """Slices / windows per forward pass."""
+        return self.options.batch_size
 
     # ------------------------------------------------------------------ public
 
@@ -396,9 +255,13 @@ class Segmenter:
         where = str(img.path) if img.path is not None else "input array"
         arr = img.array
         if arr.size == 0:
-            raise self._bad(img, f"image has no pixels (shape {arr.shape})")
-        _check_finite(arr, lambda why: self._bad(img, why))
-        labels, probs, used_axis = self._strategy.predict(img, return_probabilities, axis, progress)
+            raise input_error(img, f"image has no pixels (shape {arr.shape})")
+        _check_finite(arr, lambda why: input_error(img, why))
+        if axis is not None and axis not in (0, 1, 2):
+            raise ValueError(f"axis must be None, 0, 1 or 2, got {axis!r}")
+        labels, probs, used_axis = self.strategy.predict(
+            img, self.model, return_probabilities, axis, progress
+        )
         dt = time.perf_counter() - t0
         logger.debug("%s: predicted %s in %.2f s", where, labels.shape, dt)
         return Prediction(labels, probs, img, self.class_names, used_axis, dt)
@@ -433,12 +296,6 @@ class Segmenter:
 
     # ------------------------------------------------------------------ internals
 
-    @staticmethod
-    def _bad(img: Any, why: str) -> Exception:
-        if getattr(img, "path", None) is not None:
-            return InputFileError(img.path, why)
-        return ValueError(f"input array: {why}")
-
     def _as_image(self, image: Any, is_volume: bool | None) -> Any:
         from vmunet.data import ImageData, read_image
 
@@ -466,136 +323,15 @@ class Segmenter:
             f"input array: expected (H, W), (H, W, C) or a volume (X, Y, Z[, C]), got shape {image.shape}"
         )
 
-    def _check_channels(self, img: Any, arr: np.ndarray, spatial: int) -> int:
-        """Channels of ``arr`` (``spatial`` spatial axes); raise when the model cannot take them."""
-        if arr.ndim == spatial:
-            have = 1
-        elif arr.ndim == spatial + 1:
-            have = int(arr.shape[-1])
-        else:
-            raise self._bad(img, f"expected {spatial} spatial axes (+ channels), got shape {arr.shape}")
-        want = self.spec.in_channels
-        if (have, want) not in _CONVERTIBLE and have != want:
-            kind = {1: "grayscale", 2: "2-channel", 3: "RGB", 4: "RGBA"}.get(have, f"{have}-channel")
-            raise self._bad(
-                img,
-                f"image has {have} channel(s) ({kind}, shape {arr.shape}) but the model expects {want}",
-            )
-        return have
 
-    def _to_model_channels(self, arr: np.ndarray, spatial: int) -> np.ndarray:
-        """``(..spatial..[, C])`` -> ``(..spatial.., in_channels)``, converted as the training datasets do.
-
-        Same rule as ``vmunet.data.datasets`` (``_as_channels``): grayscale is repeated
-        to 3 channels, RGBA loses its alpha, RGB(A) becomes grayscale by the channel mean.
-        """
-        if arr.ndim == spatial:
-            arr = arr[..., None]
-        have, want = arr.shape[-1], self.spec.in_channels
-        if have == want:
-            return arr
-        if want == 3 and have == 1:
-            return np.repeat(arr, 3, axis=-1)
-        if want == 3 and have == 4:
-            return arr[..., :3]
-        if want == 1 and have in (3, 4):
-            return arr[..., :3].mean(axis=-1, keepdims=True, dtype=np.float32)
-        raise ValueError(f"cannot turn {have} channel(s) into {want}")  # guarded by _check_channels
-
-    def _predict_2d(self, img: Any, return_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        from vmunet.data import normalize_intensity
-
-        self._check_channels(img, img.array, 2)
-        arr = self._to_model_channels(img.array, 2)  # (H, W, C)
-        x = normalize_intensity(arr if arr.shape[-1] > 1 else arr[..., 0], self.spec.normalization)
-        x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)  # (C, H, W)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
-        p = predict_probabilities(
-            self.model,
-            xt,
-            roi_size=self.spec.input_size,
-            resize=self.spec.resize,
-            overlap=self.overlap,
-            sw_batch_size=self.batch_size,
-            activation=self.spec.activation,
-            tta=self.tta,
-        )
-        labels = labels_from_probabilities(p, self.spec.activation)[0].cpu().numpy()
-        labels = labels.astype(np.uint8 if self.spec.n_labels <= 256 else np.uint16)
-        probs = None
-        if return_probabilities:
-            probs = p[0].permute(1, 2, 0).cpu().numpy()  # (H, W, K)
-            if self.probability_dtype == "uint8":
-                probs = np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
-            else:
-                probs = np.ascontiguousarray(probs, dtype=np.float32)
-        return labels, probs
-
-    def _volume_axis(self, img: Any, axis: int | None) -> int:
-        if axis is None:
-            axis = self.axis
-        if axis is None:
-            if img.format == "h5":
-                return 2  # TransUNet volumes are (H, W, Z): slices are array[..., k]
-            return axial_axis(direction=img.direction, affine=img.affine)
-        if axis not in (0, 1, 2):
-            raise ValueError(f"axis must be None, 0, 1 or 2, got {axis!r}")
-        return axis
-
-    def _predict_volume(
-        self,
-        img: Any,
-        return_probabilities: bool,
-        axis: int | None,
-        progress: bool | Callable[[int], None],
-    ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        from vmunet.data import normalize_intensity
-
-        arr = img.array
-        self._check_channels(img, arr, 3)
-        ax = self._volume_axis(img, axis)
-        spec = self.spec.normalization
-
-        def normalize(block: np.ndarray) -> np.ndarray:
-            # Each slice on its own, as the training slice datasets do (matters for zscore / minmax).
-            out = [normalize_intensity(self._to_model_channels(sl, 2), spec) for sl in block]
-            return np.stack(out)
-
-        n_slices = arr.shape[ax]
-        bar = None
-        callback: Callable[[int], None] | None
-        if callable(progress):
-            callback = progress
-        elif progress and n_slices >= SLICE_BAR_MIN:
-            from vmunet.inference.folder import make_bar
-
-            bar = make_bar(total=n_slices, desc="slices", unit="slice", leave=False)
-            callback = bar.update if bar is not None else None
-        else:
-            callback = None
-        try:
-            labels, probs = predict_volume(
-                self.model,
-                arr,
-                axis=ax,
-                normalize=normalize,
-                in_channels=self.spec.in_channels,
-                out_channels=self.spec.out_channels,
-                device=self.device,
-                batch_size=self.batch_size,
-                roi_size=self.spec.input_size,
-                resize=self.spec.resize,
-                overlap=self.overlap,
-                activation=self.spec.activation,
-                tta=self.tta,
-                return_probabilities=return_probabilities,
-                probability_dtype=self.probability_dtype,
-                progress=callback,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        return labels, probs, ax
+def _number(value: Any, name: str, lo: float, hi: float, allowed: str, closed: bool = True) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}") from None
+    if isinstance(value, bool) or not (lo <= v <= hi if closed else lo <= v < hi):
+        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
+    return v
 
 
 def _check_finite(arr: np.ndarray, fail: Callable[[str], Exception]) -> None:

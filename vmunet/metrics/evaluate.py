@@ -219,6 +219,7 @@ def evaluate_folders(
 
     try:
         from vmunet.data import read_image
+        from vmunet.data.io import spacing_is_known
     except ImportError as exc:  # pragma: no cover - the data floor is part of the package
         raise VmunetUserError(f"cannot read images: vmunet.data.read_image is unavailable ({exc})") from exc
 
@@ -314,9 +315,11 @@ def evaluate_folders(
                 _skip(skipped, name, bad[0], "invalid_values", bad[1])
                 continue
             pred, label = _binary_255(pred, label)
-        spacing = tuple(float(s) for s in label_img.spacing)[: label.ndim] if label_img.spacing else None
-        if spacing is not None and len(spacing) != label.ndim:
-            spacing = None
+        spacing = None
+        if label_img.spacing and spacing_is_known(label_img):
+            spacing = tuple(float(s) for s in label_img.spacing)[: label.ndim]
+            if len(spacing) != label.ndim:
+                spacing = None
         try:
             acc.add(name, pred, label, spacing)
         except ValueError as exc:

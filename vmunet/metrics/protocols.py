@@ -25,9 +25,12 @@
 
 ``standard``
     Per case and per class, Dice and HD95 in physical units (the label's
-    spacing), NaN where a case cannot be scored (the ``"standard"`` empty-mask
+    spacing, mm), NaN where a case cannot be scored (the ``"standard"`` empty-mask
     rule); per class the mean and standard deviation over the cases that could
-    be scored (NaN excluded and counted), then the mean over classes.
+    be scored (NaN excluded and counted), then the mean over classes. A case
+    whose file stores no spacing (PNG, JPEG, NumPy, HDF5) is scored in pixels,
+    and the result's ``settings["hd95_units"]`` says so (``"mm"``, ``"pixel"``,
+    or ``"mm; pixel where a file has no spacing"``).
 """
 
 from __future__ import annotations
@@ -192,8 +195,23 @@ class _LabelmapAccumulator:
         self.empty = empty
         self.fixed_classes = _class_names(classes) if classes is not None else None
         self.cases: list[tuple[str, dict[int, dict[str, float]], int]] = []
+        self.n_with_spacing = 0
+        self.n_without_spacing = 0
+
+    @property
+    def hd95_units(self) -> str:
+        """The unit of the HD95 values added so far (spacing-using protocols)."""
+        if self.n_without_spacing == 0:
+            return "mm"
+        if self.n_with_spacing == 0:
+            return "pixel"
+        return "mm; pixel where a file has no spacing"
 
     def add(self, name: str, pred: Any, label: Any, spacing: Any = None) -> None:
+        if spacing is None:
+            self.n_without_spacing += 1
+        else:
+            self.n_with_spacing += 1
         classes = list(self.fixed_classes) if self.fixed_classes is not None else None
         res = compute_per_class(
             pred,
@@ -208,6 +226,8 @@ class _LabelmapAccumulator:
         self.cases.append((name, per, int(np.asarray(_to_numpy(label, "label")).size)))
 
     def result(self, settings: dict[str, Any]) -> EvaluationResult:
+        if self.use_spacing and settings.get("hd95_units") == "spacing":
+            settings = {**settings, "hd95_units": self.hd95_units}
         if self.fixed_classes is not None:
             names = dict(self.fixed_classes)
         else:
@@ -368,7 +388,9 @@ def standard_protocol(
     Args:
         preds: per case, an integer label map (a binary mask is the label map of class 1).
         labels: per case, an integer label map of the same shape.
-        spacings: per case, the pixel / voxel spacing (None: 1 per axis).
+        spacings: per case, the pixel / voxel spacing in mm, or ``None`` for a case whose file
+            has none (scored in pixels); ``None`` for all: every case in pixels. The unit lands
+            in ``settings["hd95_units"]``.
         case_names: optional names for the rows.
         classes: class value -> name (or a list of values); default: every
             non-zero value found in any prediction or label.

@@ -134,13 +134,28 @@ class EvaluationResult:
             csv_path, json_path = out / "per_case.csv", out / "summary.json"
         return self.to_csv(csv_path), self.to_json(json_path)
 
+    @property
+    def hd95_unit(self) -> str:
+        """Short unit of the HD95 values: ``"mm"``, ``"px"``, ``"voxel"`` or ``"mm/px"`` (mixed)."""
+        units = str(self.settings.get("hd95_units", ""))
+        return {"mm": "mm", "pixel": "px", "voxel": "voxel"}.get(
+            units, "mm/px" if "pixel" in units else units
+        )
+
+    def metric_label(self, metric: str) -> str:
+        """``metric`` with its unit where it has one (``"hd95 mm"``); others unchanged."""
+        if metric.startswith("hd95") and self.hd95_unit:
+            return f"{metric} {self.hd95_unit}"
+        return metric
+
     def format_table(self) -> str:
         """A plain-text table of the summary, for the terminal."""
         lines = []
         if self.protocol == "isic":
             pooled = self.summary.get("pooled", {})
             lines.append(
-                f"ISIC protocol: {self.n_scored} images pooled, threshold {self.settings.get('threshold')}"
+                f"ISIC protocol (the VM-UNet paper's conventions): {self.n_scored} images pooled, "
+                f"threshold {self.settings.get('threshold')}"
             )
             for key in ("miou", "dsc", "accuracy", "sensitivity", "specificity"):
                 lines.append(f"  {key:<12} {_fmt(pooled.get(key, math.nan))}")
@@ -152,18 +167,21 @@ class EvaluationResult:
             per_class = self.summary.get("per_class", {})
             metrics = list(self.summary.get("mean", {}))
             head = f"{'class':<16}" + "".join(
-                f"{m + ' mean':>13}{'std':>9}{'n':>5}{'nan':>5}" for m in metrics
+                f"{self.metric_label(m) + ' mean':>16}{'std':>9}{'n':>5}{'nan':>5}" for m in metrics
             )
-            lines.append(f"{self.protocol} protocol: {self.n_scored} cases; " + _settings_line(self.settings))
+            paper = " (the TransUNet / VM-UNet papers' conventions)" if self.protocol == "synapse" else ""
+            lines.append(
+                f"{self.protocol} protocol{paper}: {self.n_scored} cases; " + _settings_line(self.settings)
+            )
             lines.append(head)
             for name, stats in per_class.items():
                 cells = ""
                 for m in metrics:
                     s = stats[m]
-                    cells += f"{_fmt(s['mean']):>13}{_fmt(s['std']):>9}{s['n']:>5}{s['n_nan']:>5}"
+                    cells += f"{_fmt(s['mean']):>16}{_fmt(s['std']):>9}{s['n']:>5}{s['n_nan']:>5}"
                 lines.append(f"{name[:16]:<16}{cells}")
             lines.append(
-                f"{'mean':<16}" + "".join(f"{_fmt(self.summary['mean'][m]):>13}{'':>19}" for m in metrics)
+                f"{'mean':<16}" + "".join(f"{_fmt(self.summary['mean'][m]):>16}{'':>19}" for m in metrics)
             )
         if self.skipped:
             lines.append(f"skipped {self.n_skipped} case(s):")

@@ -123,6 +123,7 @@ def inference_spec(cfg: Config) -> dict[str, Any]:
         "class_names": names,
         "activation": "sigmoid" if out == 1 else "softmax",
         "threshold": cfg.eval.threshold,
+        "overlap": cfg.eval.overlap,
     }
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 import vmunet
 from vmunet.config import Config, check_data_paths, config_to_dict, save_config
-from vmunet.errors import VmunetUserError
+from vmunet.errors import ConfigError, VmunetUserError
 from vmunet.train.builders import build_model, build_split_dataset, inference_spec, unpack_batch
 from vmunet.train.checkpoint import (
     capture_rng_state,
@@ -40,7 +40,7 @@ from vmunet.train.monitor import EpochProgress, MetricsLog, plot_curves, plot_va
 from vmunet.train.optim import build_optimizer, build_scheduler
 from vmunet.train.sampling import ResumableSampler, SeededDataset
 
-__all__ = ["NonFiniteLossError", "Trainer", "train"]
+__all__ = ["NonFiniteLossError", "Trainer", "check_roi", "train"]
 
 logger = logging.getLogger("vmunet.train")
 
@@ -70,8 +70,30 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def check_roi(model: nn.Module, roi: tuple[int, ...], key: str = "data.size") -> None:
+    """Raise :class:`ConfigError` when ``roi`` is not a multiple of the model's ``size_divisors``."""
+    div = getattr(model, "size_divisors", None)
+    if div is None:
+        return
+    div = tuple(int(d) for d in div)
+    if len(div) != len(roi):
+        raise ConfigError(f"key '{key}': {list(roi)} has {len(roi)} axes but the model has {len(div)}")
+    if any(r % d for r, d in zip(roi, div)):
+        fit = [max(d, round(r / d) * d) for r, d in zip(roi, div)]
+        raise ConfigError(
+            f"key '{key}': the patch {list(roi)} must be a multiple of {list(div)} on each axis for this "
+            f"model; e.g. {fit}"
+        )
+
+
 class Trainer:
-    """Train the model a :class:`~vmunet.config.Config` describes.
+    """Train the model a :class:`~vmunet.config.Config` describes, 2-D or 3-D.
+
+    2-D recipes train and validate on samples at ``data.size``; 3-D recipes
+    (``data.spatial_dims: 3``) train on random patches and validate each whole volume
+    with the gaussian 3-D sliding window (``eval.overlap``, ``eval.sw_batch_size``). Both
+    validate through the inferers of :mod:`vmunet.inference.inferers`, the same ones
+    ``vmunet test`` and ``vmunet segment`` use, and pick ``best.pt`` by the pooled Dice.
 
     Args:
         config: the checked config.
@@ -108,6 +130,9 @@ class Trainer:
             config.train.device = device
         self.dist, self.device = init_distributed(config.train.device)
         t = config.train
+        self.spatial_dims = int(config.data.spatial_dims)
+        if self.spatial_dims == 3 and t.channels_last:
+            raise ConfigError("key 'train.channels_last' is for 2-D images; set it to false for a 3-D recipe")
         if t.amp == "fp16" and self.device.type != "cuda":
             raise VmunetUserError("train.amp=fp16 needs a CUDA device; use 'bf16' or 'none' on the CPU")
         if train_dataset is None or val_dataset is None:
@@ -135,6 +160,8 @@ class Trainer:
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw_model = model
+        if self.spatial_dims == 3:
+            check_roi(model, tuple(int(v) for v in config.data.size))
         if t.compile:
             model = torch.compile(model)
         if self.dist.enabled:
@@ -150,6 +177,7 @@ class Trainer:
         self.loss_fn = build_loss(
             config.loss.name, config.model.out_channels, config.loss.ce_weight, config.loss.dice_weight
         )
+        self.val_inferer = self._validation_inferer()
 
         if train_dataset is None:
             train_dataset = build_split_dataset(config, config.data.train_split, True, self.output_dir)
@@ -201,6 +229,8 @@ class Trainer:
     # ------------------------------------------------------------------ data
 
     def _loader(self, dataset: Any, sampler: ResumableSampler, batch_size: int) -> DataLoader:
+        if getattr(dataset, "whole_volumes", False):  # validation volumes differ in size
+            batch_size = 1
         workers = self.cfg.data.num_workers
         g = torch.Generator()
         g.manual_seed(self.cfg.train.seed)
@@ -373,9 +403,29 @@ class Trainer:
         self._last_rate = progress.images_per_second
         return self._epoch_loss_sum / max(1, self._epoch_loss_count)
 
+    def _validation_inferer(self) -> Any:
+        """The inferer validation runs: samples whole (2-D), or the gaussian 3-D sliding window."""
+        from vmunet.inference.inferers import SlidingWindowInferer3D, WholeImageInferer
+
+        act = "sigmoid" if self.cfg.model.out_channels == 1 else "softmax"
+        if self.spatial_dims == 3:
+            return SlidingWindowInferer3D(
+                tuple(int(s) for s in self.cfg.data.size),
+                self.cfg.eval.overlap,
+                self.cfg.eval.sw_batch_size,
+                activation=act,
+            )
+        return WholeImageInferer(None, activation=act)
+
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Pooled Dice per foreground class over the validation split (reduced over ranks), and the loss."""
+        """Pooled Dice per foreground class over the validation split (reduced over ranks), and the loss.
+
+        Each batch goes through :attr:`val_inferer` (logits for the loss, then the shared
+        activation and label rule with ``eval.threshold``).
+        """
+        from vmunet.inference.inferers import labels_from_probabilities, logits_to_probabilities
+
         out = self.cfg.model.out_channels
         n_fg = 1 if out == 1 else out - 1
         counts = torch.zeros(3, n_fg, dtype=torch.float64)  # TP, FP, FN per foreground class
@@ -385,30 +435,28 @@ class Trainer:
         self.val_sampler.set_epoch(0)
         keep = self.cfg.train.val_images if self.dist.is_main else 0
         shown: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        inferer = self.val_inferer
         for batch in self.val_loader:
             image, target = self._to_device(batch)
             with self._autocast():
-                logits = model(image)
-            logits = logits.float()
+                logits = inferer.logits(image, model)
             loss_sum[0] += float(self.loss_fn(logits, target))
             loss_sum[1] += 1
-            if out == 1:
-                pred = (torch.sigmoid(logits) > self.cfg.eval.threshold).long()
-                true = target.long()
-            else:
-                pred = logits.argmax(1, keepdim=True)
-                true = target
-            classes = [1] if out == 1 else list(range(1, out))
-            for j, c in enumerate(classes):
+            probs = logits_to_probabilities(logits, inferer.activation)
+            pred = labels_from_probabilities(probs, inferer.activation, self.cfg.eval.threshold)[:, None]
+            true = target.long()
+            for j, c in enumerate([1] if out == 1 else range(1, out)):
                 p, g = pred == c, true == c
                 counts[0, j] += float((p & g).sum())
                 counts[1, j] += float((p & ~g).sum())
                 counts[2, j] += float((~p & g).sum())
-            if len(shown) < keep:
-                for i in range(min(keep - len(shown), image.shape[0])):
-                    shown.append(
-                        (image[i].float().cpu().numpy(), true[i, 0].cpu().numpy(), pred[i, 0].cpu().numpy())
-                    )
+            for i in range(min(keep - len(shown), image.shape[0])):
+                if self.spatial_dims == 3:  # the middle slice along the last axis of each volume
+                    k = image.shape[-1] // 2
+                    img, lab, prd = image[i, ..., k], true[i, 0, ..., k], pred[i, 0, ..., k]
+                else:
+                    img, lab, prd = image[i], true[i, 0], pred[i, 0]
+                shown.append((img.float().cpu().numpy(), lab.cpu().numpy(), prd.cpu().numpy()))
         all_reduce_sum(counts, self.dist)
         all_reduce_sum(loss_sum, self.dist)
         tp, fp, fn = counts
@@ -516,12 +564,7 @@ def train(
     """
     from vmunet.train.distributed import shutdown_distributed
 
-    cls: type[Trainer] = Trainer
-    if config.data.spatial_dims == 3:  # patches in, sliding-window validation on whole volumes
-        from vmunet.train.volume import VolumeTrainer
-
-        cls = VolumeTrainer
-    trainer = cls(config, output_dir=output_dir, resume=resume, device=device)
+    trainer = Trainer(config, output_dir=output_dir, resume=resume, device=device)
     try:
         return trainer.fit()
     finally:
