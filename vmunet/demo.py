@@ -77,10 +77,12 @@ class DemoSummary:
         best_val_dice: best validation Dice (mean over grey and white matter, pooled).
         best_epoch: the epoch that reached it.
         test_dice: test-split Dice per class (standard protocol, mean over cases).
-        test_hd95: test-split HD95 per class in mm (standard protocol, mean over cases).
+        test_hd95: test-split HD95 per class (standard protocol, mean over cases), in ``hd95_unit``.
+        hd95_unit: the unit of ``test_hd95`` (``"mm"``: the slices' own spacing).
         test_mean_dice: mean of ``test_dice`` over the classes.
         segment_mean_dice: mean Dice of the written segmentations against the test labels
-            (``vmunet evaluate``, standard protocol); equals ``test_mean_dice`` up to resampling.
+            (``vmunet evaluate``, standard protocol). Both scores come from the same scans
+            through the same inference path on the scans' own grid, so they agree.
         n_test_scans: held-out scans segmented.
         segmentation_dir: label maps (``overlays/`` inside holds the PNG overlays).
         files: other outputs by name (test results, evaluation, curves, ...).
@@ -102,6 +104,7 @@ class DemoSummary:
     best_epoch: int = 0
     test_dice: dict[str, float] = field(default_factory=dict)
     test_hd95: dict[str, float] = field(default_factory=dict)
+    hd95_unit: str = "mm"
     test_mean_dice: float = math.nan
     segment_mean_dice: float = math.nan
     n_test_scans: int = 0
@@ -140,10 +143,10 @@ class DemoSummary:
             f"of the MNI152 brain template ({self.data_dir})",
             f"trained {self.epochs} epoch(s): best validation Dice {f(self.best_val_dice)} "
             f"(epoch {self.best_epoch})",
-            f"test split (standard protocol): mean Dice {f(self.test_mean_dice)} ({per_class}); "
-            f"HD95 mm: {hd}",
-            f"segmented {self.n_test_scans} held-out scans: mean Dice {f(self.segment_mean_dice)} "
-            "against their labels",
+            f"test split (vmunet test, standard protocol, on each scan's own grid): mean Dice "
+            f"{f(self.test_mean_dice)} ({per_class}); HD95 in {self.hd95_unit}: {hd}",
+            f"segmented {self.n_test_scans} held-out scans (vmunet segment + vmunet evaluate): mean Dice "
+            f"{f(self.segment_mean_dice)} against their labels",
             f"outputs in {self.output_dir}:",
             f"  checkpoint     {self.checkpoint}",
             f"  curves         {self.files.get('curves')}",
@@ -264,6 +267,7 @@ def run_demo(
     res = tested["result"]
     summary.test_dice = _class_means(res, "dice")
     summary.test_hd95 = _class_means(res, "hd95")
+    summary.hd95_unit = res.hd95_unit
     summary.test_mean_dice = float(res.summary.get("mean", {}).get("dice", math.nan))
     summary.files["test_json"] = Path(tested["files"]["json"])
     summary.files["test_csv"] = Path(tested["files"]["csv"])
