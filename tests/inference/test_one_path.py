@@ -89,7 +89,9 @@ def test_demo_test_scores_equal_the_segmentation_scores(tmp_path):
     a, b = by_case(summary.files["test_csv"]), by_case(summary.files["evaluation_csv"])
     assert set(a) == set(b) and len(a) == 2 * summary.n_test
     for key in a:
-        np.testing.assert_allclose(np.array(a[key], float), np.array(b[key], float), rtol=1e-9, err_msg=str(key))
+        np.testing.assert_allclose(
+            np.array(a[key], float), np.array(b[key], float), rtol=1e-9, err_msg=str(key)
+        )
     printed = summary.format()
     assert "HD95 in mm" in printed
 
