@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from vmunet._version import __version__
 
 __all__ = ["VMUNet", "create_model", "list_models", "load_checkpoint", "__version__"]
 

@@ -62,13 +62,35 @@ def test_blocks_and_tiles_match_reference(b, G, per_group, L, with_z):
         assert err <= 4e-4 * scale, f"{name}: max abs err {err:.3e} (scale {scale:.3e})"
 
 
-def test_saved_states_tile_matches_kernels():
+def test_saved_states_tile_is_read_from_the_kernels():
     import importlib
 
     from vmunet.ops import _numba_scan
 
     op_module = importlib.import_module("vmunet.ops.selective_scan")  # the package re-exports the function
-    assert op_module._CPU_TILE == _numba_scan.TILE
+    assert not hasattr(op_module, "_CPU_TILE")  # no copy of the kernels' constant beside the op
+    for L in (1, _numba_scan.TILE, _numba_scan.TILE + 1, 5 * _numba_scan.TILE - 1):
+        assert op_module._n_states("cpu", True, L) == -(-L // _numba_scan.TILE)
+    assert op_module._n_states("cpu", False, 100) == 0
+
+
+def test_cross_op_fake_states_match_the_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vmunet.ops import _numba_scan
+    from vmunet.ops.scan_orders import scan_index
+
+    b, h, w, d, n, r = 1, 5, 7, 4, 2, 1
+    args = (
+        torch.randn(b, h * w, d), torch.randn(b, h * w, 4, r + 2 * n), torch.randn(4, d, r),
+        -torch.rand(4 * d, n), torch.ones(4 * d), torch.zeros(4 * d), scan_index((h, w), 4),
+    )  # fmt: skip
+    op = torch.ops.vmunet.cross_selective_scan.default
+    _, states = op(*args, True, True)
+    with FakeTensorMode() as mode:
+        _, fake_states = op(*(mode.from_tensor(t) for t in args), True, True)
+    assert tuple(fake_states.shape) == tuple(states.shape)
+    assert states.shape[2] == -(-h * w // _numba_scan.TILE)
 
 
 def test_kernel_softplus_and_sigmoid_are_exact_to_a_few_ulp():

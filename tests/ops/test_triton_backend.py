@@ -100,6 +100,40 @@ def test_missing_triton_raises_one_line(monkeypatch):
     assert "triton" not in available_backends(torch.zeros(1))
 
 
+def test_fake_op_without_the_triton_module(monkeypatch):
+    """The chunk count lives only in ``_triton_scan``; without it, the fake says why instead of guessing."""
+    import importlib
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op_module = importlib.import_module("vmunet.ops.selective_scan")  # the package re-exports the function
+    monkeypatch.setattr(_backends, "_triton_cache", (None, "triton is not installed"))
+    ins = make_inputs(1, 4, 18, 3, "grouped", G=2, seed=3)
+    args = [ins[k].float() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    op = torch.ops.vmunet.selective_scan.default
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) if t is not None else None for t in args]
+        out, last, states = op(*fake, True, "triton", False)  # no saved states: no count needed
+        assert tuple(out.shape) == (1, 4, 18) and states.numel() == 0
+        with pytest.raises(RuntimeError, match="triton is not installed"):
+            op(*fake, True, "triton", True)
+    assert op_module._n_states("triton", False, 18) == 0
+    with pytest.raises(RuntimeError, match="triton is not installed"):
+        op_module._n_states("triton", True, 18)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (it is in the [dev] extra)")
+def test_saved_states_chunk_is_read_from_the_kernels():
+    import importlib
+
+    op_module = importlib.import_module("vmunet.ops.selective_scan")
+    mod, why = _backends.triton_kernels()
+    assert mod is not None, why
+    assert not hasattr(_backends, "TRITON_CHUNK") and not hasattr(op_module, "TRITON_CHUNK")
+    for L in (1, mod.CHUNK, mod.CHUNK + 1, 3 * mod.CHUNK - 1):
+        assert op_module._n_states("triton", True, L) == -(-L // mod.CHUNK)
+
+
 def test_mamba_module_without_spec_does_not_break_detection(monkeypatch):
     fake = types.ModuleType("mamba_ssm")
     fake.__spec__ = None
@@ -195,7 +229,8 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32))
         assert kernel.asm["cubin"], fn
 
-    opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=16, BLOCK_N=16, CHUNK=16)
+    opts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_D=16, BLOCK_N=16)
+    opts["CHUNK"] = _triton_scan.CHUNK
     # one B constant in time, C time-varying: both code paths of the B/C loads and gradient sums
     compile_for_sm90(_triton_scan._fwd_kernel, dict(opts, B_TIME=False, C_TIME=True, SAVE=True))
     compile_for_sm90(_triton_scan._bwd_kernel, dict(opts, B_TIME=False, C_TIME=True, HAS_DLAST=True))

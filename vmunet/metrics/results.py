@@ -78,7 +78,7 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict (NaN as null)."""
-        from vmunet import __version__
+        from vmunet._version import __version__
 
         reasons: dict[str, int] = {}
         for s in self.skipped:

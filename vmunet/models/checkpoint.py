@@ -295,7 +295,7 @@ def save_checkpoint(
         >>> m = vmunet.create_model("vmunet_tiny")
         >>> save_checkpoint("run/last.pt", m, "vmunet_tiny", epoch=3)  # doctest: +SKIP
     """
-    import vmunet
+    from vmunet._version import __version__
 
     clash = sorted(set(extra) & set(_RESERVED))
     if clash:
@@ -310,7 +310,7 @@ def save_checkpoint(
         arch_kwargs = {k: v for k, v in config.items() if k != "scan_backend"}
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "vmunet_version": vmunet.__version__,
+        "vmunet_version": __version__,
         "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
         "arch": {"name": arch_name, "kwargs": dict(arch_kwargs)},
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},

@@ -1,4 +1,10 @@
-"""Backend registry, lazy detection of optional kernels and backend resolution."""
+"""Backend registry, lazy detection of optional kernels and backend resolution.
+
+The kernel modules (``_triton_scan``, ``_triton_cross``, ``_numba_scan``) are imported here, lazily,
+and never import this module back: each owns its constants (``_triton_scan.CHUNK``,
+``_numba_scan.TILE``), and callers read them from the module that :func:`triton_kernels` or
+:func:`numba_kernels` returns.
+"""
 
 from __future__ import annotations
 
@@ -23,15 +29,11 @@ __all__ = [
     "numba_kernels",
     "triton_cross_kernels",
     "triton_kernels",
-    "TRITON_CHUNK",
 ]
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "VMUNET_SCAN_BACKEND"
-#: time steps per chunk of the "triton" kernels: with saved states the forward also returns the state
-#: before every chunk, (b, ceil(L / TRITON_CHUNK), N, d) (the op's fake implementation needs the count)
-TRITON_CHUNK = 16
 #: every backend name, fastest first
 BACKENDS = ("triton", "cuda", "cpu", "torch", "reference")
 

@@ -13,8 +13,9 @@ selective scan's own layout):
   (each load is cast to float32; each store casts to its tensor's dtype).
 - Each step's inputs are loaded one step ahead (the loop carries them), so their memory latency
   overlaps the previous step's arithmetic instead of adding to the recurrence's critical path.
-- Time is cut into chunks of ``CHUNK`` (= ``vmunet.ops._backends.TRITON_CHUNK``) steps. When
-  gradients are needed the forward also stores the state before each chunk, (batch, chunks, N, dim).
+- Time is cut into chunks of ``CHUNK`` steps (this module's constant; the dispatch in
+  ``vmunet.ops.selective_scan`` reads it from here). When gradients are needed the forward also
+  stores the state before each chunk, (batch, ceil(L / CHUNK), N, dim).
 - The backward walks the chunks from last to first. For each chunk it recomputes the states from
   the chunk's saved state, keeping h[t-1] for every step in a small per-program scratch buffer
   (CHUNK x N x BLOCK_D floats, cache-resident; a barrier before and after reading it back, as the
@@ -42,9 +43,11 @@ import torch
 import triton
 import triton.language as tl
 
-from vmunet.ops._backends import TRITON_CHUNK
+__all__ = ["CHUNK", "INTERPRET", "scan_forward", "scan_backward"]
 
-__all__ = ["INTERPRET", "scan_forward", "scan_backward"]
+#: time steps per chunk: with saved states the forward also returns the state before every chunk,
+#: (b, ceil(L / CHUNK), N, d); the custom op's fake implementation reads the count from here
+CHUNK = 16
 
 #: whether the kernels were defined under Triton's interpreter (TRITON_INTERPRET=1 at import)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
@@ -442,7 +445,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
     c_time, c_args = _bc_args(C, dim)
     out = torch.empty_like(u)
     last = u.new_empty((b, dim, N), dtype=torch.float32)
-    k = triton.cdiv(length, TRITON_CHUNK)
+    k = triton.cdiv(length, CHUNK)
     states = u.new_empty((b, k, N, dim), dtype=torch.float32) if save_states else _dummy(u)
     dmy = _dummy(u)
     grid = (b, (dim // cpg) * nblk)
@@ -453,7 +456,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         out, last, states, dim, length, N, *b_args, *c_args, cpg, nblk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), B_TIME=b_time, C_TIME=c_time, SAVE=bool(save_states),
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=TRITON_CHUNK, num_warps=num_warps,
+        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=num_warps,
     )  # fmt: skip
     return (out, last, states) if save_states else (out, last)
 
@@ -495,7 +498,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dla
         return u.new_empty((b, nprog, N, length) if time else (b, dim, N), dtype=f32)
 
     dBp, dCp = part(b_time), part(c_time)
-    scratch = u.new_empty((b * nprog * TRITON_CHUNK * block_n * block_d,), dtype=f32)
+    scratch = u.new_empty((b * nprog * CHUNK * block_n * block_d,), dtype=f32)
     dmy = _dummy(u)
 
     def opt(t):
@@ -507,7 +510,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, dout, dla
         dim, length, N, *b_args, *c_args, cpg, nblk, nprog,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), B_TIME=b_time, C_TIME=c_time, HAS_DLAST=dlast is not None,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=TRITON_CHUNK, num_warps=num_warps,
+        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=CHUNK, num_warps=num_warps,
     )  # fmt: skip
     dB = _reduce_bc(dBp, B, b, dim, groups, nblk)
     dC = _reduce_bc(dCp, C, b, dim, groups, nblk)

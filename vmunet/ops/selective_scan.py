@@ -26,7 +26,6 @@ import torch
 
 from vmunet.ops import _torch_scan
 from vmunet.ops._backends import (
-    TRITON_CHUNK,
     mamba_selective_scan_fn,
     numba_kernels,
     resolve_backend,
@@ -151,19 +150,27 @@ def _cuda_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
     return out, last
 
 
-# the "cpu" backend's tile length: with save_states its forward also returns the state before every
-# tile, (b, ceil(L / _CPU_TILE), N, d), and its backward starts from those instead of a forward pass
-_CPU_TILE = 32
+def _state_step(backend: str) -> int:
+    """Time steps between two saved states of ``backend``'s forward, read from its kernel module.
+
+    "cpu": ``_numba_scan.TILE``, "triton": ``_triton_scan.CHUNK``; with save_states their forward
+    also returns the state before every tile / chunk, (b, ceil(L / step), N, d), and their backward
+    starts from those instead of a forward pass. The constant lives only in the kernel file (numba's
+    on-disk cache does not see edits in other files), so where that module cannot be imported the
+    count is unknown: the same RuntimeError the real op would raise, also from the fake
+    implementation (``resolve_backend`` refuses such a backend before either runs).
+    """
+    mod, why = numba_kernels() if backend == "cpu" else triton_kernels()
+    if mod is None:
+        raise RuntimeError(why)
+    return mod.TILE if backend == "cpu" else mod.CHUNK
 
 
 def _n_states(backend: str, save_states: bool, length: int) -> int:
-    if not save_states:
+    """How many states the forward of ``backend`` saves for a scan of ``length`` steps (0: none)."""
+    if not save_states or backend not in ("cpu", "triton"):
         return 0
-    if backend == "cpu":
-        return -(-length // _CPU_TILE)
-    if backend == "triton":  # the state before every chunk, (b, ceil(L / TRITON_CHUNK), N, d)
-        return -(-length // TRITON_CHUNK)
-    return 0
+    return -(-length // _state_step(backend))
 
 
 def _state_dtype(backend: str, u: Tensor) -> torch.dtype:
@@ -224,7 +231,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.mark_non_differentiable(output[2])
     # unused outputs (the last state, the saved states) get None, not a zero-filled gradient (the
-    # states are (b, ceil(L / 32), N, d): 6 MB zeroed per call at VM-UNet's stage 1); every backend
+    # "cpu" states are (b, ceil(L / TILE), N, d): 6 MB zeroed per call at VM-UNet's stage 1); every backend
     # takes dlast=None as zero
     ctx.set_materialize_grads(False)
     ctx.delta_softplus = delta_softplus
@@ -383,7 +390,8 @@ def _cross_op(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, save_st
 def _cross_op_fake(u, xd, dt_weight, A, D, delta_bias, index, delta_softplus, save_states):
     b, L, d = u.shape
     if save_states:
-        states = u.new_empty(b, index.shape[0], -(-L // _CPU_TILE), A.shape[1], d, dtype=torch.float32)
+        k = _n_states("cpu", True, L)  # the state before every tile, per direction
+        states = u.new_empty(b, index.shape[0], k, A.shape[1], d, dtype=torch.float32)
     else:
         states = u.new_empty((0,), dtype=torch.float32)
     return u.new_empty(b, L, d, dtype=torch.float32), states

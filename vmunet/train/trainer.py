@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-import vmunet
+from vmunet._version import __version__
 from vmunet.config import Config, check_data_paths, config_to_dict, save_config
 from vmunet.errors import ConfigError, VmunetUserError
 from vmunet.train.builders import build_model, build_split_dataset, inference_spec, unpack_batch
@@ -269,7 +269,7 @@ class Trainer:
     def _checkpoint(self) -> dict[str, Any]:
         return {
             "format": "vmunet",
-            "vmunet_version": vmunet.__version__,
+            "vmunet_version": __version__,
             "torch_version": str(torch.__version__),
             "arch": self.arch,
             "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
