@@ -1,15 +1,18 @@
-"""Every command and code block of README.md runs (with tiny settings).
+"""Every command and code block of README.md and of every docs/*.md page runs (with tiny settings).
 
-Each fenced block in the README is preceded by ``<!-- readme-test: NAME -->``;
-:func:`test_every_block_is_marked_and_has_a_test` fails when a block has no
-marker or a marker has no test here. How each block is exercised:
+Each fenced block in those files is preceded by ``<!-- readme-test: NAME -->`` (names unique
+across all the files); :func:`test_every_block_is_marked_and_has_a_test` fails when a fenced block
+(also one indented inside a list) has no marker, a marker has no test here, or a page holds an
+indented code block instead. How each block is exercised:
 
 * ``vmunet ...`` lines run in-process through ``vmunet.cli.main.main`` in a temporary
   working folder, exactly as written, plus tiny-setting arguments appended
-  (:data:`TINY_TRAIN` for ``train``, ``--quick`` for ``demo``, ``--no-count-check``
-  for ``prepare`` because the fake downloads are subsets); each must exit 0.
-* Paths that name public downloads or weights (``downloads/...``, ``pretrained/...``)
-  are filled with small generated stand-ins in the documented layouts first.
+  (:data:`TINY_TRAIN` for ``train``, :data:`TINY_TRAIN_3D` for the 3-D recipes, ``--quick``
+  for ``demo``, ``--no-count-check`` for ``prepare`` because the fake downloads are subsets);
+  each must exit 0. A line that two blocks share (the README's ``train`` block repeats
+  docs/recipes.md's isic17 lines) runs once.
+* Paths that name public downloads or weights (``downloads/...``, ``/data/btcv``,
+  ``pretrained/...``) are filled with small generated stand-ins in the documented layouts first.
 * Python blocks run with ``exec`` in that folder, after the substitutions listed next
   to each test (``vmunet_small`` -> ``vmunet_tiny``, ``quick=True`` added to ``run_demo``).
 * ``make demo`` / ``make test`` are not re-run here (``make test`` is the command that
@@ -17,6 +20,9 @@ marker or a marker has no test here. How each block is exercised:
   runs below in quick mode); their block is checked against the Makefile and ``.ci/run``.
   ``pip install -e ".[cuda]"`` is not run (no network, no CUDA): the extra is checked in
   pyproject.toml. ``torchrun`` runs with 2 gloo processes on the CPU (slow-marked).
+* ``text`` blocks are checked against what they describe: the raw layouts are the folders the
+  fake downloads are built in, the checkpoint format of docs/contracts.md is held against a
+  checkpoint the trainer wrote.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -39,12 +46,15 @@ from vmunet.data.io import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The files whose code blocks run here: the README first, then every page of docs/.
+DOC_FILES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 sys.path.insert(0, str(ROOT / "tests" / "models"))
 
 MARKED = re.compile(
     r"<!-- readme-test: (?P<name>[\w-]+) -->\n```(?P<lang>\w*)\n(?P<body>.*?)^```$", re.S | re.M
 )
-FENCE = re.compile(r"^```\w*$", re.M)
+# Any fence line, also an indented one (inside a list item) or a ~~~ fence: each must be marked.
+FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.M)
 
 # Appended to every `vmunet train` line: the tiny model, one step, 64x64, CPU.
 TINY_SET = [
@@ -59,10 +69,30 @@ TINY_SET = [
 ]
 TINY_TRAIN = ["--device", "cpu", "--set", *TINY_SET]
 TINY_TEST = ["--device", "cpu", "--set", "data.size=[64, 64]", "data.batch_size=2", "data.num_workers=0"]
+# The same for the 3-D recipes: the tiny 3-D model, one 32x32x16 patch, one step, windows without overlap.
+TINY_SET_3D = [
+    "model.name=vmunet3d_tiny",
+    "model.overrides={}",
+    "data.size=[32, 32, 16]",
+    "data.samples_per_volume=1",
+    "data.batch_size=1",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=1",
+    "eval.overlap=0",
+    "eval.sw_batch_size=4",
+]
+TINY_TRAIN_3D = ["--device", "cpu", "--set", *TINY_SET_3D]
+TINY_TEST_3D = ["--device", "cpu", "--set", "eval.overlap=0", "eval.sw_batch_size=4"]
 
 # Block name -> the test that runs it (checked by test_every_block_is_marked_and_has_a_test).
 HANDLED = {
+    # README.md
     "fresh-machine": "test_fresh_machine_commands",
+    "train": "test_prepare_and_recipes",
+    "segment": "test_segment_and_evaluate",
+    "monai-short": "test_monai_short_block",
+    # docs/*.md
     "demo-cli": "test_demo_cli_and_outputs",
     "demo-python": "test_demo_python",
     "install-gpu": "test_install_gpu",
@@ -70,7 +100,7 @@ HANDLED = {
     "prepare": "test_prepare_and_recipes",
     "raw-layouts": "test_prepare_and_recipes",
     "recipes": "test_prepare_and_recipes",
-    "segment": "test_segment_and_evaluate",
+    "recipes3d": "test_recipes3d_block",
     "segment-python": "test_segment_and_evaluate",
     "evaluate": "test_segment_and_evaluate",
     "metrics": "test_metrics_block",
@@ -78,16 +108,37 @@ HANDLED = {
     "model3d": "test_model3d_block",
     "weights": "test_weights_block",
     "torchrun": "test_torchrun_block",
+    "checkpoint-format": "test_checkpoint_format_block",
 }
 
 
-def _blocks() -> dict[str, tuple[str, str]]:
-    text = README.read_text()
-    found = {}
-    for m in MARKED.finditer(text):
-        assert m["name"] not in found, f"README block name {m['name']!r} used twice"
-        found[m["name"]] = (m["lang"], m["body"])
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    body: str
+    path: Path  # the file it is in
+
+
+def _blocks() -> dict[str, Block]:
+    found: dict[str, Block] = {}
+    for path in DOC_FILES:
+        for m in MARKED.finditer(path.read_text()):
+            name = m["name"]
+            assert name not in found, f"block name {name!r} used in {found[name].path.name} and {path.name}"
+            found[name] = Block(m["lang"], m["body"], path)
     return found
+
+
+def _indented_code(text: str) -> list[str]:
+    """Lines outside fences that Markdown would render as an indented code block."""
+    out, in_fence, prev = [], False, ""
+    for line in text.splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence and not prev.strip() and re.match(r"( {4}|\t)\S", line):
+            out.append(line)
+        prev = line
+    return out
 
 
 BLOCKS = _blocks()
@@ -110,35 +161,44 @@ def _run_vmunet(argv: list[str], extra: list[str] = ()) -> None:
 
 
 def _exec(name: str, subs: dict[str, str] = None) -> dict:
-    lang, body = BLOCKS[name]
-    assert lang == "python"
+    block = BLOCKS[name]
+    body = block.body
+    assert block.lang == "python"
     for old, new in (subs or {}).items():
-        assert old in body, f"README block {name!r} no longer contains {old!r}; update the test"
+        assert old in body, f"{block.path.name} block {name!r} no longer contains {old!r}; update the test"
         body = body.replace(old, new)
     scope: dict = {"__name__": f"readme_{name}"}
-    exec(compile(body, f"README.md[{name}]", "exec"), scope)
+    exec(compile(body, f"{block.path.relative_to(ROOT)}[{name}]", "exec"), scope)
     return scope
 
 
 def test_every_block_is_marked_and_has_a_test():
-    text = README.read_text()
-    n_fences = len(FENCE.findall(text))
-    assert n_fences % 2 == 0
-    assert len(BLOCKS) == n_fences // 2, "every fenced block needs a <!-- readme-test: NAME --> line"
+    assert len(DOC_FILES) > 1, "docs/*.md pages not found"
+    for path in DOC_FILES:
+        text = path.read_text()
+        rel = path.relative_to(ROOT)
+        n_fences = len(FENCE.findall(text))
+        assert n_fences % 2 == 0, f"{rel}: unbalanced ``` fences"
+        n_marked = len(list(MARKED.finditer(text)))
+        assert n_marked == n_fences // 2, f"{rel}: every fenced block needs a <!-- readme-test: NAME --> line"
+        assert not _indented_code(text), f"{rel}: use a marked fenced block, not indented code"
     assert set(BLOCKS) == set(HANDLED)
     for test in set(HANDLED.values()):
         assert test in globals(), test
 
 
 def test_readme_has_no_unmeasured_placeholders():
-    text = README.read_text()
-    for placeholder in ("DEMO_TIME", "TEST_TIME", "DEMO_DICE", "TODO", "XXX"):
-        assert placeholder not in text
+    for path in DOC_FILES:
+        text = path.read_text()
+        for placeholder in ("DEMO_TIME", "TEST_TIME", "DEMO_DICE", "TODO", "XXX"):
+            assert placeholder not in text, f"{path.name}: {placeholder}"
 
 
 def test_fresh_machine_commands():
     # Not re-run (see the module docstring); check that they exist and what CI calls.
-    lang, body = BLOCKS["fresh-machine"]
+    block = BLOCKS["fresh-machine"]
+    body = block.body
+    assert block.lang == "bash"
     assert [c[:2] for c in _commands(body)] == [["make", "demo"], ["make", "test"]]
     assert text_is_first_block(), "the two set-up commands must be the README's first block"
     makefile = (ROOT / "Makefile").read_text()
@@ -148,11 +208,15 @@ def test_fresh_machine_commands():
 
 
 def text_is_first_block() -> bool:
-    return next(iter(BLOCKS)) == "fresh-machine"
+    text = README.read_text()
+    first = next(MARKED.finditer(text))
+    return first["name"] == "fresh-machine" and FENCE.search(text).start() > first.start()
 
 
 def test_install_gpu():
-    lang, body = BLOCKS["install-gpu"]
+    block = BLOCKS["install-gpu"]
+    body = block.body
+    assert block.lang == "bash"
     assert _commands(body) == [["pip", "install", "-e", ".[cuda]"]]
     import tomllib
 
@@ -163,7 +227,7 @@ def test_install_gpu():
 def test_backends_block(capsys):
     from vmunet.ops import ENV_VAR, available_backends
 
-    assert ENV_VAR in README.read_text()
+    assert ENV_VAR in BLOCKS["backends"].path.read_text()
     _exec("backends")
     out = capsys.readouterr().out
     assert str(available_backends()) in out
@@ -196,6 +260,14 @@ def test_monai_block(capsys):
     out = capsys.readouterr().out.split()
     assert np.isfinite(float(out[0]))
     assert "torch.Size([1, 3, 100, 90])" in " ".join(out[1:])
+
+
+def test_monai_short_block():
+    # the README's few lines: vmunet_small -> vmunet_tiny keeps it fast; the code path is the same
+    scope = _exec("monai-short", {'"vmunet_small"': '"vmunet_tiny"'})
+    assert torch.isfinite(scope["loss"])
+    grads = [p.grad for p in scope["model"].parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_model3d_block(capsys):
@@ -269,7 +341,7 @@ def _mask(h=20, w=24):
 
 def _layout_dirs() -> dict[str, list[str]]:
     """Folder names of each download as the README's raw-layout block lists them."""
-    lang, body = BLOCKS["raw-layouts"]
+    lang, body = BLOCKS["raw-layouts"].lang, BLOCKS["raw-layouts"].body
     assert lang == "text"
     out: dict[str, list[str]] = {}
     top = None
@@ -324,14 +396,19 @@ def test_prepare_and_recipes(tmp_path, monkeypatch, capsys):
         (tmp_path / "configs" / f"{name}.yaml").write_text((ROOT / "configs" / f"{name}.yaml").read_text())
     _fake_downloads(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "downloads").rglob("*"))
-    for argv in _commands(BLOCKS["prepare"][1]):
+    for argv in _commands(BLOCKS["prepare"].body):
         _run_vmunet(argv, ["--no-count-check"])
         out = Path(argv[argv.index("--output") + 1])
         assert (out / "prepared.json").is_file()
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "downloads").rglob("*")) == before
 
-    commands = _commands(BLOCKS["recipes"][1])
+    commands = _commands(BLOCKS["recipes"].body)
     assert [c[1] for c in commands] == ["train", "test"] * 3
+    # The README's `train` block repeats the isic17 lines of docs/recipes.md: every distinct line
+    # of the two blocks runs once, in order.
+    readme = _commands(BLOCKS["train"].body)
+    assert [c[1] for c in readme] == ["train", "test"]
+    commands += [c for c in readme if c not in commands]
     for argv in commands:
         _run_vmunet(argv, TINY_TRAIN if argv[1] == "train" else TINY_TEST)
         if argv[1] == "train":
@@ -351,7 +428,7 @@ def demo_folder(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        (argv,) = _commands(BLOCKS["demo-cli"][1])
+        (argv,) = _commands(BLOCKS["demo-cli"].body)
         _run_vmunet(argv, ["--quick", "--no-progress"])
     finally:
         os.chdir(cwd)
@@ -401,7 +478,7 @@ def test_demo_python(demo_folder, monkeypatch, capsys):
 
 def test_segment_and_evaluate(demo_folder, monkeypatch, capsys):
     monkeypatch.chdir(demo_folder)
-    (seg,) = _commands(BLOCKS["segment"][1])
+    (seg,) = _commands(BLOCKS["segment"].body)
     _run_vmunet(seg, ["--no-progress"])
     scans = sorted(p.name for p in (demo_folder / "demo_output" / "test_scans").iterdir())
     assert sorted(p.name for p in (demo_folder / "masks").glob("*.nii.gz")) == scans
@@ -411,17 +488,94 @@ def test_segment_and_evaluate(demo_folder, monkeypatch, capsys):
     assert scope["pred"].labels.shape == (96, 96)
     assert scope["summary"].n_ok == len(scans)
 
-    for argv in _commands(BLOCKS["evaluate"][1]):
+    for argv in _commands(BLOCKS["evaluate"].body):
         _run_vmunet(argv, ["--no-progress"])
     result = json.loads((demo_folder / "evaluation.json").read_text())
     assert result["n_scored"] == len(scans) and result["n_skipped"] == 0
     assert "hd95" in capsys.readouterr().out
 
 
+def _braced(text: str, key: str) -> str:
+    """The ``{...}`` that follows ``"key": `` in text, nested braces included."""
+    start = text.index(f'"{key}": {{') + len(f'"{key}": ')
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start : i + 1]
+    raise AssertionError(f"unbalanced braces after {key!r}")
+
+
+def test_checkpoint_format_block(demo_folder):
+    # docs/contracts.md's checkpoint format, held against the checkpoint `vmunet demo` trained
+    from vmunet.train import load_training_checkpoint
+
+    lang, body = BLOCKS["checkpoint-format"].lang, BLOCKS["checkpoint-format"].body
+    assert lang == "text"
+    ckpt = load_training_checkpoint(demo_folder / "demo_output" / "run" / "best.pt")
+    inference_keys = set(re.findall(r'"(\w+)":', _braced(body, "inference")))
+    arch_keys = set(re.findall(r'"(\w+)":', _braced(body, "arch")))
+    top_keys = set(re.findall(r'"(\w+)":', body)) - inference_keys - arch_keys
+    state = re.search(r"training state \(([^)]*)\)", body)[1]
+    top_keys |= {word.strip() for word in state.split(",")}
+    documented = {"format", "vmunet_version", "torch_version", "arch", "model", "inference"}
+    documented |= {"optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "metrics"}
+    assert top_keys == documented  # the parse found what the block lists
+    assert top_keys <= set(ckpt), top_keys - set(ckpt)
+    assert arch_keys == {"name", "kwargs"} and arch_keys <= set(ckpt["arch"])
+    missing = inference_keys - set(ckpt["inference"])
+    assert len(inference_keys) == 8 and not missing, missing
+    assert ckpt["format"] == "vmunet" and ckpt["inference"]["activation"] in ("sigmoid", "softmax")
+
+
+def _fake_btcv(root: Path) -> None:
+    """Every BTCV case the Synapse manifest names, tiny, in the raw layout docs/data.md documents."""
+    manifest = json.loads((ROOT / "data_manifests" / "synapse.json").read_text())
+    img_pat, lab_pat = _layout_dirs()["downloads/Abdomen/RawData"][:2]
+    rng = np.random.default_rng(0)
+    for case in sorted({*manifest["train"], *manifest["test"]}):
+        num = case.removeprefix("case")
+        hu = rng.integers(-1000, 1000, (40, 40, 3)).astype(np.int16)
+        lab = np.zeros((40, 40, 3), np.uint8)
+        lab[8:20, 8:20] = 6  # liver in BTCV numbering
+        lab[24:32, 20:34] = 1  # spleen
+        for pattern, arr in ((img_pat, hu), (lab_pat, lab)):
+            path = root / pattern.replace("0001", num)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(arr, np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+
+
+def test_recipes3d_block(tmp_path, monkeypatch, capsys):
+    # The 3-D lines of docs/3d.md as written, with 1-step tiny settings appended; /data/btcv is a
+    # stand-in BTCV download (every manifest case, 40x40x3) and ct/ holds one of its volumes.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "synapse3d.yaml").write_text((ROOT / "configs" / "synapse3d.yaml").read_text())
+    btcv = tmp_path / "data" / "btcv"
+    _fake_btcv(btcv)
+    (tmp_path / "ct").mkdir()
+    scan = btcv / "Training" / "img" / "img0001.nii.gz"
+    (tmp_path / "ct" / scan.name).write_bytes(scan.read_bytes())
+    body = BLOCKS["recipes3d"].body
+    assert "/data/btcv" in body
+    commands = _commands(body.replace("/data/btcv", str(btcv)))
+    assert [c[1] for c in commands] == ["train", "test", "train", "segment"]
+    extra = {"train": TINY_TRAIN_3D, "test": TINY_TEST_3D, "segment": ["--no-progress"]}
+    for argv in commands:
+        _run_vmunet(argv, extra[argv[1]])
+    assert (tmp_path / "runs" / "demo3d" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "synapse3d" / "best.pt").is_file()
+    assert "grey_matter" in capsys.readouterr().out  # the demo3d test table
+    # the 3-D label map is written on the input's own grid
+    written = nib.load(str(tmp_path / "masks3d" / scan.name))
+    source = nib.load(str(scan))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+
+
 @pytest.mark.slow
 def test_torchrun_block(tmp_path):
     # 4 GPUs -> 2 gloo processes on the CPU; the fake Synapse download prepared as in the README.
-    (argv,) = _commands(BLOCKS["torchrun"][1])
+    (argv,) = _commands(BLOCKS["torchrun"].body)
     assert argv[:3] == ["torchrun", "--nproc_per_node=4", "-m"]
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "synapse.yaml").write_text((ROOT / "configs" / "synapse.yaml").read_text())

@@ -198,7 +198,7 @@ def _why_unavailable(name: str, tensor: torch.Tensor | None) -> str | None:
             "selective_scan backend 'cuda' is unavailable: "
             + "; ".join(reasons)
             + ". To fix: build the kernel with `MAMBA_KEEP_CUDA_BUILD=TRUE pip install --no-build-isolation "
-            "'vmunet[cuda]'` (see the README's GPU section), move the tensors to the GPU (e.g. "
+            "'vmunet[cuda]'` (see docs/install-gpu.md), move the tensors to the GPU (e.g. "
             "`x.to('cuda')`), or choose another backend (backend='triton'|'torch', or unset "
             f"{ENV_VAR})."
         )
