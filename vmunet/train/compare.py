@@ -57,6 +57,7 @@ COLUMNS = (
     ("best_val_dice", "best val Dice"),
     ("test_dice", "test Dice"),
     ("test_hd95", "test HD95"),
+    ("test_hd95_unit", "HD95 unit"),
 )
 
 
@@ -159,6 +160,7 @@ def _run_one(cfg_dict: dict[str, Any], name: str, run_dir: str, device: str, res
         row["best_epoch"] = int(summary["best_epoch"])
         tested = test_checkpoint(cfg, summary["best"], split=cfg.data.test_split, device=device)
         row["test_dice"], row["test_hd95"], row["test_dice_per_class"] = _scores(tested["result"])
+        row["test_hd95_unit"] = tested["result"].hd95_unit
         row["protocol"] = cfg.eval.protocol
         if cuda:
             row["peak_memory_mb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
@@ -302,10 +304,11 @@ def compare_models(
             logger.warning("compare: %s failed: %s", name, row["error"])
         else:
             logger.info(
-                "compare: %s: test Dice %.3f, HD95 %.2f, %.1f s/epoch",
+                "compare: %s: test Dice %.3f, HD95 %.2f %s, %.1f s/epoch",
                 name,
                 row["test_dice"],
                 row["test_hd95"],
+                row.get("test_hd95_unit", ""),
                 row["seconds_per_epoch"],
             )
     if all(r.get("error") for r in rows):
@@ -330,6 +333,7 @@ def compare_models(
         "best_epoch",
         "test_dice",
         "test_hd95",
+        "test_hd95_unit",
         "error",
     ]
     buf = io.StringIO()
