@@ -204,6 +204,16 @@ class Segmenter:
         return self.options.threshold
 
     @property
+    def axis(self) -> int | None:
+        """The slicing axis of volumes (2-D checkpoints); ``None``: the axial one of each volume."""
+        return self.options.axis
+
+    @property
+    def probability_dtype(self) -> str:
+        """``"float32"`` or ``"uint8"``: the dtype of returned probabilities."""
+        return self.options.probability_dtype
+
+    @property
     def tta(self) -> bool:
         """Whether flip TTA is on."""
         return self.options.tta
