@@ -169,6 +169,16 @@ def _check_overlap(overlap: float) -> float:
     return value
 
 
+def _check_threshold(threshold: float) -> float:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
+    if isinstance(threshold, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return value
+
+
 def _check_batch(n: int, name: str) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vmunet.errors import VmunetUserError
+from vmunet.inference.inferers import _check_batch, _check_overlap, _check_threshold
 from vmunet.inference.spec import InferenceSpec, Prediction
 from vmunet.inference.strategies import RunOptions, input_error, strategy_for
 
@@ -158,10 +159,9 @@ class Segmenter:
         scan_backend: str | None = None,
         threshold: float | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        overlap_f = None if overlap is None else _number(overlap, "overlap", 0.0, 1.0, "[0, 1)", closed=False)
-        threshold_f = None if threshold is None else _number(threshold, "threshold", 0.0, 1.0, "[0, 1]")
+        batch = _check_batch(batch_size, "batch_size")
+        overlap_f = None if overlap is None else _check_overlap(overlap)
+        threshold_f = None if threshold is None else _check_threshold(threshold)
         if axis is not None and axis not in (0, 1, 2):
             raise ValueError(f"axis must be None, 0, 1 or 2, got {axis!r}")
         if probability_dtype not in ("float32", "uint8"):
@@ -184,7 +184,7 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.options = RunOptions(
             device=self.device,
-            batch_size=int(batch_size),
+            batch_size=batch,
             overlap=self.spec.overlap if overlap_f is None else overlap_f,
             threshold=self.spec.threshold if threshold_f is None else threshold_f,
             tta=bool(tta),
@@ -267,8 +267,6 @@ class Segmenter:
         if arr.size == 0:
             raise input_error(img, f"image has no pixels (shape {arr.shape})")
         _check_finite(arr, lambda why: input_error(img, why))
-        if axis is not None and axis not in (0, 1, 2):
-            raise ValueError(f"axis must be None, 0, 1 or 2, got {axis!r}")
         labels, probs, used_axis = self.strategy.predict(
             img, self.model, return_probabilities, axis, progress
         )
@@ -332,16 +330,6 @@ class Segmenter:
         raise ValueError(
             f"input array: expected (H, W), (H, W, C) or a volume (X, Y, Z[, C]), got shape {image.shape}"
         )
-
-
-def _number(value: Any, name: str, lo: float, hi: float, allowed: str, closed: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}") from None
-    if isinstance(value, bool) or not (lo <= v <= hi if closed else lo <= v < hi):
-        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
-    return v
 
 
 def _check_finite(arr: np.ndarray, fail: Callable[[str], Exception]) -> None:
