@@ -21,7 +21,7 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("demo", "train", "test", "compare", "segment", "evaluate", "prepare")
+SUBCOMMANDS = ("demo", "plan", "train", "test", "compare", "segment", "evaluate", "prepare")
 _MODULE_OF = {"test": "train"}
 
 EPILOG = """examples:
@@ -32,6 +32,7 @@ EPILOG = """examples:
   vmunet segment scans/ --checkpoint best.pt --output masks/
   vmunet evaluate --pred masks/ --label labels/ --protocol standard
   vmunet prepare synapse --raw Abdomen/RawData --output data/synapse
+  vmunet plan nnUNet_raw/Dataset001_Brain --output plans/brain.yaml
 """
 
 

@@ -10,6 +10,8 @@ so inference normalises exactly as training did. Kinds (``docs/contracts.md``):
   (the TransUNet CT window for Synapse).
 * ``{"kind": "zscore"}``: subtract the mean, divide by the std of the whole array;
   ``"nonzero": true`` takes the statistics over non-zero voxels only.
+* ``{"kind": "ct", "min": lo, "max": hi, "mean": m, "std": s}``: clip to ``[lo, hi]``, then
+  ``(x - m) / s`` (nnU-Net's CT scheme; ``vmunet plan`` fills in the data set's foreground statistics).
 * ``{"kind": "minmax"}``: scale to [0, 1]; optional ``"percentiles": [lo, hi]``
   clips to those percentiles first.
 * ``{"kind": "none"}``: cast to float32.
@@ -41,13 +43,16 @@ __all__ = [
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-NORMALIZATION_KINDS = ("imagenet", "meanstd", "window", "zscore", "minmax", "none")
+NORMALIZATION_KINDS = ("imagenet", "meanstd", "window", "zscore", "minmax", "ct", "none")
 _ALLOWED_KEYS = {
     "imagenet": set(),
     "meanstd": {"mean", "std"},
     "window": {"min", "max"},
     "zscore": {"nonzero"},
     "minmax": {"percentiles"},
+    # nnU-Net's CT scheme: clip to the data set's foreground percentiles, then z-score with its
+    # foreground mean / std (the same numbers for every scan)
+    "ct": {"min", "max", "mean", "std"},
     "none": set(),
 }
 
@@ -82,7 +87,8 @@ def check_normalization(spec: Mapping[str, Any] | None) -> dict[str, Any]:
             f"normalization {kind!r} got unknown key(s) {sorted(extra)}; "
             f"allowed: {sorted(_ALLOWED_KEYS[kind])}"
         )
-    required = {"meanstd": ("mean", "std"), "window": ("min", "max")}.get(kind, ())
+    needs = {"meanstd": ("mean", "std"), "window": ("min", "max"), "ct": ("min", "max", "mean", "std")}
+    required = needs.get(kind, ())
     missing = [k for k in required if k not in spec]
     if missing:
         raise ValueError(f"normalization {kind!r} needs {list(required)}; missing {missing}")
@@ -124,6 +130,11 @@ def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any] | None) -> np
         if not hi > lo:
             raise ValueError(f"normalization 'window': 'max' ({hi}) must be greater than 'min' ({lo})")
         return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if kind == "ct":
+        lo, hi, std = float(spec["min"]), float(spec["max"]), float(spec["std"])
+        if not hi >= lo or not std > 0:
+            raise ValueError(f"normalization 'ct': need max >= min and std > 0, got {spec}")
+        return ((np.clip(x, lo, hi) - float(spec["mean"])) / std).astype(np.float32)
     if kind == "zscore":
         sel = x[x != 0] if spec.get("nonzero") else x
         if sel.size == 0:

@@ -10,7 +10,8 @@ The pipeline is MONAI's (the UNETR / SwinUNETR BTCV tutorials, ``Project-MONAI/t
 2. ``Spacingd`` resamples to the recipe's target spacing (``bilinear`` image, ``nearest``
    label), along the array axes, so no re-orientation happens.
 3. Intensity per recipe: ``window`` -> ``ScaleIntensityRanged(clip=True)`` to [0, 1],
-   ``zscore`` -> ``NormalizeIntensityd``, ``minmax`` -> ``ScaleIntensityd``.
+   ``ct`` -> clip to [min, max] then ``(x - mean) / std``, ``zscore`` -> ``NormalizeIntensityd``,
+   ``minmax`` -> ``ScaleIntensityd``.
 4. Optional ``CropForegroundd`` (voxels above 0 after the window) and ``SpatialPadd`` to
    the ROI, so a volume smaller than the ROI is padded, never refused.
 
@@ -179,6 +180,7 @@ def intensity_transform(normalization: Mapping[str, Any] | None) -> Any:
     """The MONAI transform of a normalisation spec on key ``image`` (``None`` for ``none``).
 
     ``window`` -> ``ScaleIntensityRanged(a_min=min, a_max=max, b_min=0, b_max=1, clip=True)``,
+    ``ct`` -> clip to [min, max] then ``(x - mean) / std``,
     ``zscore`` -> ``NormalizeIntensityd``, ``minmax`` -> ``ScaleIntensityd`` (to [0, 1]).
 
     Raises:
@@ -192,13 +194,26 @@ def intensity_transform(normalization: Mapping[str, Any] | None) -> Any:
         return mt.ScaleIntensityRanged(
             keys="image", a_min=float(spec["min"]), a_max=float(spec["max"]), b_min=0.0, b_max=1.0, clip=True
         )
+    if kind == "ct":
+        lo, hi = float(spec["min"]), float(spec["max"])
+        return mt.Compose(
+            [
+                mt.ThresholdIntensityd(keys="image", threshold=hi, above=False, cval=hi),
+                mt.ThresholdIntensityd(keys="image", threshold=lo, above=True, cval=lo),
+                mt.NormalizeIntensityd(
+                    keys="image", subtrahend=float(spec["mean"]), divisor=float(spec["std"])
+                ),
+            ]
+        )
     if kind == "zscore":
         return mt.NormalizeIntensityd(keys="image")
     if kind == "minmax":
         return mt.ScaleIntensityd(keys="image", minv=0.0, maxv=1.0)
     if kind == "none":
         return None
-    raise ValueError(f"normalization kind {kind!r} is not for volumes; use window, zscore, minmax or none")
+    raise ValueError(
+        f"normalization kind {kind!r} is not for volumes; use window, ct, zscore, minmax or none"
+    )
 
 
 def _deterministic(spec: VolumeSpec, label_mode: str, num_classes: int | None, pad: bool) -> list[Any]:
