@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         workers=args.workers,
         skip_invalid=args.skip_invalid,
-        progress=progress,
+        progress=progress if sys.stderr.isatty() else None,
     )
     if summary["fingerprint_reused"]:
         print(f"fingerprint reused: {path.parent / 'fingerprint.json'}")
