@@ -28,7 +28,8 @@ _NNUNET = """
 import json, sys
 from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
 ids = [int(i) for i in sys.argv[1:]]
-extract_fingerprints(ids, num_processes=1, check_dataset_integrity=True, verbose=False, show_progress_bar=False)
+extract_fingerprints(ids, num_processes=1, check_dataset_integrity=True, verbose=False,
+                     show_progress_bar=False)
 plan_experiments(ids, gpu_memory_target_in_gb=8)
 """
 

@@ -1,4 +1,4 @@
-"""``vmunet plan``: fingerprint numbers against numpy, the planning rules, checks, and plan -> train -> segment."""
+"""vmunet plan: fingerprint vs numpy, planning rules, checks, and plan -> train -> segment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _fixtures import make_ct_dataset, make_mni_dataset, write_case  # noqa: E402
