@@ -38,7 +38,7 @@ _NNUNET_KEYS = ("labels", "file_ending")
 
 
 def _nnunet_cases(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    import re
+    from vmunet.data.layouts.nnunet import nnunet_case_names
 
     meta_path = root / "dataset.json"
     try:
@@ -60,15 +60,7 @@ def _nnunet_cases(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], lis
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
     if not img_dir.is_dir():
         raise InputFileError(img_dir, "folder not found (nnU-Net raw layout needs imagesTr/)")
-    names = sorted(
-        {
-            f.name[: -len(ending)][:-5]
-            for f in img_dir.iterdir()
-            if f.name.endswith(ending) and re.fullmatch(r".+_\d{4}", f.name[: -len(ending)])
-        }
-    )
-    if not names:
-        raise InputFileError(img_dir, f"no images named CASE_0000{ending}")
+    names = nnunet_case_names(img_dir, ending)
     problems: list[str] = []
     cases = []
     for c in names:

@@ -12,7 +12,25 @@ from vmunet.data.layouts.folder import SPLIT_ALIASES
 from vmunet.data.manifests import seeded_split
 from vmunet.errors import InputFileError
 
-__all__ = ["nnunet_pairs"]
+__all__ = ["nnunet_case_names", "nnunet_pairs"]
+
+
+def nnunet_case_names(img_dir: Path, ending: str) -> list[str]:
+    """Sorted case IDs of the ``CASE_XXXX<ending>`` channel files in ``img_dir``.
+
+    Raises:
+        InputFileError: no such file in ``img_dir``.
+    """
+    cases = sorted(
+        {
+            f.name[: -len(ending)][:-5]
+            for f in img_dir.iterdir()
+            if f.name.endswith(ending) and re.fullmatch(r".+_\d{4}", f.name[: -len(ending)])
+        }
+    )
+    if not cases:
+        raise InputFileError(img_dir, f"no images named CASE_XXXX{ending}")
+    return cases
 
 
 def nnunet_pairs(
@@ -40,15 +58,7 @@ def nnunet_pairs(
     lab_dir = root / ("labelsTs" if split == "test" else "labelsTr")
     if not img_dir.is_dir():
         raise InputFileError(img_dir, "folder not found")
-    cases = sorted(
-        {
-            f.name[: -len(ending)][:-5]
-            for f in img_dir.iterdir()
-            if f.name.endswith(ending) and re.fullmatch(r".+_\d{4}", f.name[: -len(ending)])
-        }
-    )
-    if not cases:
-        raise InputFileError(img_dir, f"no images named CASE_XXXX{ending}")
+    cases = nnunet_case_names(img_dir, ending)
     problems, out = [], []
     for c in cases:
         chans = tuple(img_dir / f"{c}_{i:04d}{ending}" for i in range(n_ch))
