@@ -92,6 +92,7 @@ HANDLED = {
     "train": "test_prepare_and_recipes",
     "segment": "test_segment_and_evaluate",
     "monai-short": "test_monai_short_block",
+    "plan": "test_plan_block",
     # docs/*.md
     "demo-cli": "test_demo_cli_and_outputs",
     "demo-python": "test_demo_python",
@@ -419,6 +420,31 @@ def test_prepare_and_recipes(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- demo and its outputs
+
+
+def test_plan_block(tmp_path, monkeypatch):
+    """plan -> train -> segment on the real MNI152 template arranged as an nnU-Net raw data set."""
+    sys.path.insert(0, str(ROOT / "tests" / "plan"))
+    from _fixtures import make_mni_dataset
+
+    monkeypatch.chdir(tmp_path)
+    plan, train, seg = _commands(BLOCKS["plan"].body)
+    make_mni_dataset(Path(plan[2]), tmp_path / "work")
+    _run_vmunet(plan, ["--memory-gb", "2"])
+    recipe = Path(plan[plan.index("--output") + 1])
+    assert recipe.is_file() and (recipe.parent / "fingerprint.json").is_file()
+    tiny = [
+        "train.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "data.samples_per_volume=1",
+        "data.num_workers=0",
+    ]
+    _run_vmunet(train, ["--device", "cpu", "--set", *tiny])
+    _run_vmunet(seg, ["--device", "cpu", "--no-progress"])
+    out = Path(seg[seg.index("--output") + 1])
+    for src in sorted(Path(seg[2]).glob("*.nii.gz")):
+        a, b = nib.load(str(src)), nib.load(str(out / src.name))
+        assert a.shape == b.shape and np.allclose(a.affine, b.affine), src.name
 
 
 @pytest.fixture(scope="module")

@@ -329,7 +329,8 @@ def fingerprint_dataset(
         InputFileError: the layout is unreadable, or (strict) any case has a problem; the
             message lists every problem found.
     """
-    cases, info, problems = find_cases(data)
+    # Absolute paths: the recipe's datalist must not depend on the folder `plan` ran in.
+    cases, info, problems = find_cases(Path(data).resolve())
     signature = _signature(cases)
     if cached is not None and cached.get("signature") == signature and cached.get("seed") == seed:
         if not (problems and not skip_invalid):
