@@ -13,7 +13,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,export,dicom,ray]"
+	# nnU-Net's planner, which tests/plan/test_vs_nnunet.py holds `vmunet plan` against. Only its
+	# planning code runs, so its training stack (timm -> torchvision, a CUDA build) is left out:
+	# pip notes that timm is missing; that is expected.
+	$(PY) -m pip install -q --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 \
+		acvl-utils==0.2.6 batchgeneratorsv2==0.3.6
+	$(PY) -m pip install -q batchgenerators blosc2 connected-components-3d graphviz imagecodecs \
+		pandas requests scikit-learn seaborn yacs
 	touch $(STAMP)
 
 setup: $(STAMP)
