@@ -110,6 +110,7 @@ HANDLED = {
     "weights": "test_weights_block",
     "torchrun": "test_torchrun_block",
     "checkpoint-format": "test_checkpoint_format_block",
+    "deploy": "test_deploy_block",
 }
 
 
@@ -630,3 +631,47 @@ def test_torchrun_block(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "synapse" / "best.pt").is_file()
+
+
+def test_deploy_block(demo_folder, monkeypatch):
+    # The demo's checkpoint; ct_series/ is a DICOM series written from three of the demo's held-out
+    # scans (real MNI152 slices), so that --dicom-seg has a DICOM input.
+    import highdicom as hd
+    import onnxruntime as ort
+    from inference._dicom_fixtures import write_dicom_series
+
+    from vmunet.data import read_image
+    from vmunet.models import build_model_from_checkpoint
+
+    monkeypatch.chdir(demo_folder)
+    scans = sorted((demo_folder / "demo_output" / "test_scans").glob("*.nii.gz"))[:3]
+    volume = np.stack([read_image(p).array for p in scans], axis=-1)
+    series = write_dicom_series(demo_folder / "ct_series", volume, (1.0, 1.0, 2.0), modality="MR")
+    commands = _commands(BLOCKS["deploy"].body)
+    assert [c[:2] for c in commands] == [["vmunet", "export"]] * 2 + [["vmunet", "segment"]]
+    for argv in commands:
+        _run_vmunet(argv, ["--no-progress"] if argv[1] == "segment" else [])
+
+    # ONNX Runtime reproduces the checkpoint's PyTorch logits on a real scan
+    ckpt = demo_folder / "demo_output" / "run" / "best.pt"
+    model, _ = build_model_from_checkpoint(ckpt)
+    onnx_file = str(demo_folder / "deploy" / "model.onnx")
+    sess = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    h, w = sess.get_inputs()[0].shape[2:]  # the checkpoint's window; the batch axis is dynamic
+    crop = volume[None, None, :h, :w, 0].repeat(2, axis=0)
+    x = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+    bundle = demo_folder / "deploy" / "bundle"
+    for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (bundle / rel).is_file(), rel
+
+    seg = hd.seg.segread(demo_folder / "masks_dicom" / "ct_series_seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["grey_matter", "white_matter"]
+    mask = read_image(demo_folder / "masks_dicom" / "ct_series.nii.gz").array
+    px = seg.get_pixels_by_source_instance(series.sop_instance_uids, combine_segments=True)
+    # read_image sorts the (shuffled) files by position: for this axial series slice k is instance k
+    np.testing.assert_array_equal(px, np.moveaxis(mask, 2, 0).transpose(0, 2, 1))

@@ -12,7 +12,7 @@ import torch
 from vmunet.ops import ScanBackendUnavailableError, available_backends, resolve_backend, selective_scan
 from vmunet.ops._reference import selective_scan_reference
 
-CPU_BACKENDS = [b for b in ("cpu", "torch") if b in available_backends()]
+CPU_BACKENDS = [b for b in ("cpu", "chunked", "torch") if b in available_backends()]
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 # (forward rtol, atol) per input dtype; gradients get 2x
 TOL = {torch.float32: (2e-4, 2e-4), torch.bfloat16: (3e-2, 3e-2), torch.float16: (5e-3, 5e-3)}
@@ -115,7 +115,7 @@ def test_float64_inputs_keep_dtype(backend):
     out = selective_scan(**ins, delta_softplus=True, backend=backend)
     assert out.dtype == torch.float64
     out64, _, _ = run(ins, "ref64")
-    tol = 1e-12 if backend in ("torch", "reference") else 2e-4
+    tol = 1e-12 if backend in ("chunked", "torch", "reference") else 2e-4
     assert_close(out, out64, tol, tol, "out")
 
 
@@ -131,6 +131,28 @@ def test_large_negative_A_and_large_delta_stay_finite(backend):
     for k in grads64:
         assert torch.isfinite(grads[k]).all(), f"grad {k} not finite"
         assert_close(grads[k], grads64[k], 4e-4, 4e-4, f"grad {k}")
+
+
+@pytest.mark.parametrize("L", [1024, 2100])
+def test_chunked_long_sequences_use_every_level(L):
+    """L = 1024 fills both chunk levels exactly; L = 2100 pads both and leaves a 3-step quadratic top."""
+    from vmunet.ops import _chunked_scan
+
+    assert _chunked_scan.CHUNK**_chunked_scan.LEVELS <= L  # both chunk levels are full or padded
+    ins = make_inputs(1, 3, L, 2, "grouped", G=3)
+    out, state, grads = run(ins, "chunked", last=True, dlast_weight=0.5)
+    out64, state64, grads64 = run(ins, "ref64", last=True, dlast_weight=0.5)
+    assert_close(out, out64, 2e-4, 2e-4, "out")
+    assert_close(state, state64, 2e-4, 2e-4, "last_state")
+    for k in grads64:
+        assert_close(grads[k], grads64[k], 4e-4, 4e-4, f"grad {k}")
+
+
+def test_chunked_float64_is_exact_over_levels():
+    ins = make_inputs(2, 2, 1500, 3, "shared", dtype=torch.float64)
+    out = selective_scan(**ins, delta_softplus=True, backend="chunked")
+    out64, _, _ = run(ins, "ref64")
+    assert_close(out, out64, 1e-12, 1e-12, "out")
 
 
 def test_vmunet_call_pattern():
@@ -215,7 +237,7 @@ def test_bad_input_raises_value_error(change, match):
 
 
 def test_unknown_backend_lists_valid_names():
-    with pytest.raises(ValueError, match="'cuda', 'cpu', 'torch', 'reference'"):
+    with pytest.raises(ValueError, match="'cuda', 'cpu', 'chunked', 'torch', 'reference'"):
         selective_scan(**_good(), backend="fast")
 
 

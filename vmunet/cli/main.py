@@ -21,7 +21,7 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 # Order is the order shown in --help.
-SUBCOMMANDS = ("demo", "plan", "train", "test", "compare", "segment", "evaluate", "prepare")
+SUBCOMMANDS = ("demo", "plan", "train", "test", "compare", "segment", "evaluate", "prepare", "export")
 _MODULE_OF = {"test": "train"}
 
 EPILOG = """examples:
@@ -33,6 +33,7 @@ EPILOG = """examples:
   vmunet evaluate --pred masks/ --label labels/ --protocol standard
   vmunet prepare synapse --raw Abdomen/RawData --output data/synapse
   vmunet plan nnUNet_raw/Dataset001_Brain --output plans/brain.yaml
+  vmunet export best.pt --format onnx --output best.onnx
 """
 
 

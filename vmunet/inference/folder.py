@@ -14,11 +14,23 @@ Output layout under ``output_dir`` (subfolders of an input folder are mirrored):
 * ``overlays/<rel>/<case>.png``: label contours drawn on the image when asked;
   a volume shows three representative slices side by side.
 * ``summary.csv``: one row per input (see :data:`SUMMARY_COLUMNS`), rewritten
-  after every file.
+  after every file (under torchrun: each rank's part in ``.vmunet-parts/``, and
+  ``summary.csv`` once at the end).
+* extra outputs of :class:`OutputWriter` s (e.g. a DICOM-SEG), where they say.
 
 An input whose label map (and requested extras) already exist is skipped
 unless ``overwrite=True``, so an interrupted run resumes where it stopped.
 Inputs are never written to.
+
+One input goes through three steps: :func:`plan_folder` (find it, name its
+outputs, skip it when done), the segmenter (decode and prepare, then predict:
+``Segmenter.load`` / ``Segmenter.predict_prepared``), and :func:`write_prediction`
+(the label map, probabilities, overlay, then any extra writer). They run in one
+thread (``workers=0``), overlapped with background decoding workers and a writer
+thread (``workers=N``), on torchrun ranks, or on Ray actors
+(:mod:`vmunet.inference.engines`); every file is written to a temporary name and
+renamed, so a process that dies leaves no half-written output and a rerun
+finishes its inputs.
 
 Example:
     >>> from vmunet.inference import Segmenter
@@ -33,14 +45,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,14 +63,21 @@ from vmunet.errors import VmunetUserError
 from vmunet.utils.io import atomic_path, atomic_write_text
 
 __all__ = [
+    "FileTask",
+    "FolderPlan",
     "FolderSummary",
     "InputItem",
+    "OutputWriter",
+    "PARTS_DIR",
+    "RayFilePredictor",
     "SUMMARY_COLUMNS",
     "collect_inputs",
     "make_bar",
     "output_extension",
     "overlay_image",
+    "plan_folder",
     "segment_folder",
+    "write_prediction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -352,11 +374,14 @@ def _fmt_tuple(t: Sequence[Any]) -> str:
     return "x".join(str(int(v)) if float(v).is_integer() and abs(v) > 0.5 else f"{v:.6g}" for v in t)
 
 
-def _write_summary(path: Path, rows: list[dict[str, Any]], names: Sequence[str]) -> None:
+def _write_summary(
+    path: Path, rows: list[dict[str, Any]], names: Sequence[str], extra: Sequence[str] = ()
+) -> None:
     cols = list(SUMMARY_COLUMNS)
     cols += [f"voxels_{_safe(n)}" for n in names]
     if any(any(k.startswith("volume_ml_") for k in r) for r in rows):
         cols += [f"volume_ml_{_safe(n)}" for n in names]
+    cols += list(extra)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -365,10 +390,91 @@ def _write_summary(path: Path, rows: list[dict[str, Any]], names: Sequence[str])
     atomic_write_text(path, buf.getvalue())
 
 
-# --------------------------------------------------------------------------- main loop
+# --------------------------------------------------------------------------- plan: what to do with each input
 
 
-def _outputs_for(item: InputItem, out_dir: Path, probabilities: bool, overlay: bool) -> dict[str, Path]:
+class OutputWriter(Protocol):
+    """An extra output written for each segmented input, beside the label map (e.g. a DICOM-SEG object).
+
+    ``segment_folder(..., writers=[w])`` asks ``w.output_path`` where input ``item``'s output goes
+    (``None``: this writer does not apply to the input, e.g. a DICOM-SEG for a NIfTI file); the
+    path counts for resume like the label map's, and after the label map is written
+    ``w.write(path, prediction, item)`` writes it (to a temporary name, then renamed; see
+    :func:`vmunet.utils.io.atomic_path`). Writers must be picklable for the Ray engine.
+
+    Attributes:
+        key: a short name, unique among the writers (``"dicom_seg"``).
+
+    Example:
+        >>> class LabelsAsNpy:
+        ...     key = "npy"
+        ...     def output_path(self, item, output_dir, case):
+        ...         return output_dir / "npy" / item.rel_dir / f"{case}.npy"
+        ...     def write(self, path, prediction, item):
+        ...         with atomic_path(path) as tmp:
+        ...             np.save(tmp, prediction.labels)
+        >>> LabelsAsNpy().key
+        'npy'
+    """
+
+    key: str
+
+    def output_path(self, item: InputItem, output_dir: Path, case: str) -> Path | None:
+        """Where this writer's output for ``item`` goes, or ``None`` when it does not apply."""
+        ...
+
+    def write(self, path: Path, prediction: Any, item: InputItem) -> None:
+        """Write the output of one :class:`~vmunet.inference.Prediction` to ``path``."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One input to segment: its position in the sorted input list and its output paths.
+
+    Attributes:
+        index: position among all inputs of the run (the summary's row order).
+        item: the input.
+        outputs: ``{"mask": ..., "probabilities"?: ..., "overlay"?: ..., <writer key>?: ...}``.
+    """
+
+    index: int
+    item: InputItem
+    outputs: dict[str, Path]
+
+
+@dataclass
+class FolderPlan:
+    """What :func:`plan_folder` decided before any prediction.
+
+    Attributes:
+        items: every input, sorted as :func:`collect_inputs` returns them.
+        rows: one entry per input: its finished summary row when already decided (skipped
+            because its outputs exist, or failed a check), else ``None``.
+        tasks: the inputs left to segment.
+        csv_path: where the summary goes.
+        class_names: label names (summary columns).
+    """
+
+    items: list[InputItem]
+    rows: list[dict[str, Any] | None]
+    tasks: list[FileTask]
+    csv_path: Path
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _FileOptions:
+    """What every per-file step needs besides the segmenter (picklable: goes to workers and actors)."""
+
+    probabilities: bool = False
+    overlay: bool = False
+    writers: tuple[Any, ...] = ()
+
+
+def _outputs_for(
+    item: InputItem, out_dir: Path, probabilities: bool, overlay: bool, writers: Sequence[Any] = ()
+) -> dict[str, Path]:
     from vmunet.data.io import case_name
 
     ext = output_extension(item.path)
@@ -380,6 +486,12 @@ def _outputs_for(item: InputItem, out_dir: Path, probabilities: bool, overlay: b
         )
     if overlay:
         outs["overlay"] = out_dir / "overlays" / item.rel_dir / f"{case}.png"
+    for w in writers:
+        if w.key in outs:
+            raise ValueError(f"writers: key {w.key!r} is already used; give each writer its own key")
+        extra = w.output_path(item, out_dir, case)
+        if extra is not None:
+            outs[w.key] = Path(extra)
     return outs
 
 
@@ -450,27 +562,483 @@ def _existing_row(existing: Any, names: Sequence[str]) -> dict[str, Any]:
     return row
 
 
-def _segment_one(
-    segmenter: Any,
-    item: InputItem,
-    outs: dict[str, Path],
-    probabilities: bool,
-    overlay: bool,
-    slice_bar: bool,
+def _error_message(item: InputItem, exc: BaseException) -> str:
+    if isinstance(exc, VmunetUserError):
+        return str(exc)
+    return f"{item.path}: {type(exc).__name__}: {exc}"
+
+
+def _check_output_dir(input_list: Sequence[Any], out_dir: Path) -> None:
+    for raw in input_list:
+        if Path(raw).is_dir() and Path(raw).resolve() == out_dir.resolve():
+            raise VmunetUserError(
+                f"output folder {str(out_dir)!r} is also an input folder; "
+                "choose another one so that the inputs stay untouched"
+            )
+
+
+def plan_folder(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    class_names: Sequence[str],
+    probabilities: bool = False,
+    overlay: bool = False,
+    overwrite: bool = False,
+    writers: Sequence[OutputWriter] = (),
+) -> FolderPlan:
+    """Find the inputs, name their outputs, and decide which are already done (resume) or refused.
+
+    Runs once per run (on rank 0 under torchrun, on the driver with Ray), before any
+    prediction, so that every process works from the same list. Refused inputs are logged
+    (one line each) and get a ``failed`` row; inputs whose outputs all exist get a
+    ``skipped`` row unless ``overwrite``.
+
+    Raises:
+        VmunetUserError: an input does not exist, or ``output_dir`` is an input folder.
+    """
+    out_dir = Path(output_dir)
+    input_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    _check_output_dir(input_list, out_dir)
+    items = collect_inputs(input_list, exclude=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = tuple(class_names)
+    input_paths = {it.path.resolve() for it in items}
+    claimed: dict[Path, Path] = {}
+    rows: list[dict[str, Any] | None] = []
+    tasks: list[FileTask] = []
+    for i, item in enumerate(items):
+        t0 = time.perf_counter()
+        outs = _outputs_for(item, out_dir, probabilities, overlay, writers)
+        row: dict[str, Any] = {"file": str(item.path), "output": str(outs["mask"]), "error": ""}
+        try:
+            _check_item(item, outs, input_paths, claimed)
+            existing = None if overwrite else _existing_output(outs)
+        except Exception as exc:
+            msg = _error_message(item, exc)
+            row.update(status="failed", error=msg)
+            logger.error("%s", msg)
+        else:
+            if existing is None:
+                rows.append(None)
+                tasks.append(FileTask(i, item, outs))
+                continue
+            row.update(_existing_row(existing, names))
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+    if not items:
+        logger.warning("no input images found in %s", ", ".join(str(p) for p in input_list))
+    return FolderPlan(items, rows, tasks, out_dir / "summary.csv", names)
+
+
+# --------------------------------------------------------------------------- the per-file steps
+
+
+def write_prediction(
+    prediction: Any,
+    outputs: dict[str, Path],
+    item: InputItem | None = None,
+    *,
+    normalization: dict[str, Any] | None = None,
+    writers: Sequence[OutputWriter] = (),
 ) -> dict[str, Any]:
-    """Predict one input, write its outputs; returns its summary fields."""
+    """Write one prediction's outputs (each to a temporary name, then renamed); returns its summary fields.
+
+    The label map goes to ``outputs["mask"]``, probabilities and the overlay to theirs when
+    present, then every extra writer whose key is in ``outputs`` (e.g. a DICOM-SEG) writes
+    its own file: the one place an extra output format hooks in.
+
+    Args:
+        prediction: a :class:`~vmunet.inference.Prediction` (with probabilities when asked).
+        outputs: paths by kind (see :class:`FileTask`).
+        item: the input (passed on to the extra writers).
+        normalization: the checkpoint's intensity normalisation (overlay display window).
+        writers: extra :class:`OutputWriter` s.
+    """
     from vmunet.data import write_image
 
-    pred = segmenter.predict(item.path, return_probabilities=probabilities, progress=slice_bar)
-    img = pred.image
-    write_image(outs["mask"], pred.labels, like=img)
-    if probabilities and pred.probabilities is not None:
-        _save_probabilities(outs["probabilities"], pred.probabilities, img)
-    if overlay:
-        _write_overlay(outs["overlay"], pred, dict(segmenter.spec.normalization))
+    img = prediction.image
+    write_image(outputs["mask"], prediction.labels, like=img)
+    if "probabilities" in outputs and prediction.probabilities is not None:
+        _save_probabilities(outputs["probabilities"], prediction.probabilities, img)
+    if "overlay" in outputs:
+        _write_overlay(outputs["overlay"], prediction, normalization)
+    for w in writers:  # extra output formats (DICOM-SEG, ...): after the label map, same prediction
+        if w.key in outputs:
+            w.write(outputs[w.key], prediction, item)
     row = {"status": "ok", "shape": _fmt_tuple(img.spatial_shape), "spacing": _fmt_tuple(img.spacing)}
-    row.update(_stats(pred.labels, img.spacing, img.is_volume, segmenter.class_names))
+    row.update(_stats(prediction.labels, img.spacing, img.is_volume, prediction.class_names))
     return row
+
+
+def _base_row(task: FileTask) -> dict[str, Any]:
+    return {"file": str(task.item.path), "output": str(task.outputs["mask"]), "error": ""}
+
+
+def _failed_row(task: FileTask, msg: str, seconds: float, log: bool = True) -> dict[str, Any]:
+    if log:
+        logger.error("%s", msg)
+    return {**_base_row(task), "status": "failed", "error": msg, "seconds": round(seconds, 3)}
+
+
+def _write_task(
+    segmenter: Any, task: FileTask, pred: Any, opts: _FileOptions, seconds: float, log: bool = True
+) -> dict:
+    """The write half of one input: its outputs and its summary row (a failure becomes a failed row)."""
+    t0 = time.perf_counter()
+    try:
+        row = {
+            **_base_row(task),
+            **write_prediction(
+                pred,
+                task.outputs,
+                task.item,
+                normalization=dict(segmenter.spec.normalization),
+                writers=opts.writers,
+            ),
+        }
+    except Exception as exc:
+        return _failed_row(task, _error_message(task.item, exc), seconds + time.perf_counter() - t0, log)
+    row["seconds"] = round(seconds + time.perf_counter() - t0, 3)
+    return row
+
+
+def _segment_task(
+    segmenter: Any, task: FileTask, opts: _FileOptions, slice_bar: bool, log: bool = True
+) -> dict[str, Any]:
+    """One input start to end in this thread: read, predict, write (``workers=0``, Ray actors)."""
+    t0 = time.perf_counter()
+    try:
+        pred = segmenter.predict(task.item.path, return_probabilities=opts.probabilities, progress=slice_bar)
+    except Exception as exc:  # one bad input never stops the run
+        return _failed_row(task, _error_message(task.item, exc), time.perf_counter() - t0, log)
+    return _write_task(segmenter, task, pred, opts, time.perf_counter() - t0, log)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _PrepareDataset:
+    """Map-style dataset for the background workers: task ``i`` -> ``(index, prepared or None, error)``."""
+
+    def __init__(self, preparer: Any, tasks: Sequence[FileTask]) -> None:
+        self.preparer = preparer
+        self.tasks = list(tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None, float]:
+        task = self.tasks[i]
+        t0 = time.perf_counter()
+        try:
+            return task.index, self.preparer(task.item.path), None, 0.0
+        except Exception as exc:  # reported by the main process, in order
+            return task.index, None, _error_message(task.item, exc), time.perf_counter() - t0
+
+
+class _Writer:
+    """A background thread writing finished predictions in order, behind a bounded queue."""
+
+    def __init__(self, segmenter: Any, opts: _FileOptions, on_row: Any, depth: int = 2) -> None:
+        self.segmenter, self.opts, self.on_row = segmenter, opts, on_row
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="vmunet-writer", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            task, pred, failure, seconds = job
+            try:
+                if pred is None:
+                    row = _failed_row(task, failure, seconds)
+                else:
+                    row = _write_task(self.segmenter, task, pred, self.opts, seconds)
+                self.on_row(task, row)
+            except BaseException as exc:  # e.g. the summary cannot be written: re-raised in the main thread
+                if self.error is None:
+                    self.error = exc
+
+    def put(self, job: tuple) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(job)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _run_tasks(
+    segmenter: Any,
+    tasks: Sequence[FileTask],
+    opts: _FileOptions,
+    on_row: Any,
+    workers: int = 0,
+    slice_bar: bool = False,
+) -> None:
+    """Segment ``tasks`` in this process, calling ``on_row(task, row)`` for each, in order.
+
+    ``workers=0``: each input read, predicted and written in turn. ``workers=N``: N
+    DataLoader worker processes decode and prepare the next inputs (at most ``2 N`` wait
+    in memory) while this process predicts, and a writer thread writes the outputs behind
+    a queue of two predictions.
+    """
+    if workers <= 0 or not tasks:
+        for task in tasks:
+            on_row(task, _segment_task(segmenter, task, opts, slice_bar))
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _PrepareDataset(segmenter.preparer(), tasks),  # type: ignore[arg-type]
+        batch_size=None,
+        shuffle=False,
+        num_workers=int(workers),
+        collate_fn=_identity,
+        prefetch_factor=2,
+        persistent_workers=False,
+    )
+    by_index = {t.index: t for t in tasks}
+    batches = iter(loader)  # the workers are forked here, before the writer thread exists
+    writer = _Writer(segmenter, opts, on_row)
+    writer.thread.start()
+    try:
+        for index, prepared, failure, seconds in batches:
+            task = by_index[index]
+            if prepared is None:
+                writer.put((task, None, failure, seconds))
+                continue
+            t0 = time.perf_counter()
+            try:
+                pred = segmenter.predict_prepared(
+                    prepared, return_probabilities=opts.probabilities, progress=slice_bar
+                )
+            except Exception as exc:
+                spent = prepared.seconds + time.perf_counter() - t0
+                writer.put((task, None, _error_message(task.item, exc), spent))
+                continue
+            writer.put((task, pred, None, prepared.seconds + time.perf_counter() - t0))
+    finally:
+        del batches  # stops the worker processes
+        writer.close()
+    if writer.error is not None:
+        raise writer.error
+
+
+# --------------------------------------------------------------------------- engines
+
+
+class _Progress:
+    """A files bar (terminal) or one log line per file; silent when off."""
+
+    def __init__(self, enabled: bool, total: int, desc: str = "segment") -> None:
+        self.enabled = enabled
+        self.total = total
+        self.done = 0
+        self.bar = make_bar(total=total, desc=desc, unit="file") if enabled else None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled and row.get("status") != "failed":
+            logger.info(
+                "[%d/%d] %s: %s (%.2f s)", self.done, self.total, row["file"], row["status"], row["seconds"]
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _decided(rows: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    return [r for r in rows if r is not None]
+
+
+def _segment_local(
+    segmenter: Any, plan: FolderPlan, opts: _FileOptions, workers: int, progress: bool
+) -> FolderSummary:
+    rows = list(plan.rows)
+    names = plan.class_names
+    prog = _Progress(progress, len(plan.items))
+    try:
+        with _bar_logging(prog.bar):
+            for row in _decided(rows):
+                prog(row)
+
+            def on_row(task: FileTask, row: dict[str, Any]) -> None:
+                rows[task.index] = row
+                _write_summary(plan.csv_path, _decided(rows), names)
+                prog(row)
+
+            _write_summary(plan.csv_path, _decided(rows), names)
+            _run_tasks(segmenter, plan.tasks, opts, on_row, workers, bool(progress and prog.bar))
+    finally:
+        prog.close()
+    done = _decided(rows)
+    _write_summary(plan.csv_path, done, names)
+    return FolderSummary(rows=done, csv_path=plan.csv_path)
+
+
+#: Hidden folder of the output folder holding each rank's summary part (``summary.rank{r}.csv``).
+PARTS_DIR = ".vmunet-parts"
+
+
+def _segment_ranks(
+    segmenter: Any,
+    env: Any,
+    plan_args: dict[str, Any],
+    opts: _FileOptions,
+    workers: int,
+    progress: bool,
+) -> FolderSummary:
+    """torchrun: rank 0 plans, every rank segments its share, rank 0 writes the one summary."""
+    from vmunet.inference.engines import RankGroup, shard
+
+    with RankGroup(env) as group:
+        payload: Any = None
+        if env.is_main:
+            try:
+                payload = plan_folder(**plan_args)
+                parts = payload.csv_path.parent / PARTS_DIR
+                for stale in parts.glob("summary.rank*.csv") if parts.is_dir() else ():
+                    stale.unlink()
+            except VmunetUserError as exc:
+                payload = ("error", str(exc))
+        payload = group.broadcast(payload)
+        if isinstance(payload, tuple):
+            raise VmunetUserError(payload[1])
+        plan: FolderPlan = payload
+        mine = shard(plan.tasks, env.rank, env.world_size)
+        logger.debug("rank %d/%d: %d of %d inputs", env.rank, env.world_size, len(mine), len(plan.tasks))
+        part_path = plan.csv_path.parent / PARTS_DIR / f"summary.rank{env.rank}.csv"
+        my_rows: dict[int, dict[str, Any]] = {}
+        show = progress and env.is_main
+        prog = _Progress(show, len(mine), desc=f"segment (rank 0 of {env.world_size})")
+
+        def on_row(task: FileTask, row: dict[str, Any]) -> None:
+            my_rows[task.index] = {**row, "rank": env.rank}
+            _write_summary(part_path, [my_rows[i] for i in sorted(my_rows)], plan.class_names, ("rank",))
+            prog(row)
+
+        try:
+            with _bar_logging(prog.bar):
+                _write_summary(part_path, [], plan.class_names, ("rank",))
+                _run_tasks(segmenter, mine, opts, on_row, workers, bool(show and prog.bar))
+        finally:
+            prog.close()
+        rows = list(plan.rows)
+        for part in group.all_gather(my_rows):
+            for index, row in part.items():
+                rows[index] = {k: v for k, v in row.items() if k != "rank"}
+        done = _decided(rows)
+        if env.is_main:
+            _write_summary(plan.csv_path, done, plan.class_names)
+        group.barrier()  # the summary exists before any rank returns
+    return FolderSummary(rows=done, csv_path=plan.csv_path)
+
+
+class RayFilePredictor:
+    """Ray Data predictor: one segmenter per actor; each batch row is one :class:`FileTask` (JSON).
+
+    Built by :func:`vmunet.inference.engines.ray_map` once per actor; not meant to be called
+    directly.
+
+    Args:
+        factory: the segmenter class (``Segmenter``).
+        config: its keyword arguments (:meth:`Segmenter.replica_config`).
+        options: what to write.
+        device: the actor's device (``"cuda"`` when Ray gave it a GPU).
+
+    Example:
+        >>> RayFilePredictor.__name__
+        'RayFilePredictor'
+    """
+
+    def __init__(self, factory: Any, config: dict[str, Any], options: _FileOptions, device: str) -> None:
+        from vmunet.inference.engines import share_cpu_threads
+
+        share_cpu_threads()
+        self.segmenter = factory(**config, device=device)
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``{"index", "task"}`` -> ``{"index", "row"}`` (the summary row as JSON)."""
+        rows = []
+        for text in batch["task"]:
+            task = _task_from_json(str(text))
+            # Failures are logged once, by the driver (it names the file as the user gave it).
+            rows.append(json.dumps(_segment_task(self.segmenter, task, self.options, False, log=False)))
+        return {"index": np.asarray(batch["index"]), "row": np.asarray(rows, dtype=object)}
+
+
+def _task_to_json(task: FileTask) -> str:
+    return json.dumps(
+        {
+            "index": task.index,
+            "path": str(task.item.path.resolve()),
+            "rel_dir": str(task.item.rel_dir),
+            "outputs": {k: str(v.resolve()) for k, v in task.outputs.items()},
+        }
+    )
+
+
+def _task_from_json(text: str) -> FileTask:
+    d = json.loads(text)
+    item = InputItem(Path(d["path"]), Path(d["rel_dir"]))
+    return FileTask(int(d["index"]), item, {k: Path(v) for k, v in d["outputs"].items()})
+
+
+def _segment_ray(
+    segmenter: Any,
+    plan: FolderPlan,
+    opts: _FileOptions,
+    progress: bool,
+    address: str | None,
+    num_cpus: int | None,
+    use_gpus: bool,
+) -> FolderSummary:
+    """Ray: the driver plans and writes the summary; actors segment the tasks."""
+    from vmunet.inference.engines import ray_map
+
+    rows = list(plan.rows)
+    by_index = {t.index: t for t in plan.tasks}
+    records = [{"index": t.index, "task": _task_to_json(t)} for t in plan.tasks]
+    kwargs = {"factory": type(segmenter), "config": segmenter.replica_config(), "options": opts}
+    prog = _Progress(progress, len(plan.items))
+    try:
+        with _bar_logging(prog.bar):
+            for row in _decided(rows):
+                prog(row)
+            _write_summary(plan.csv_path, _decided(rows), plan.class_names)
+            results = ray_map(
+                records, RayFilePredictor, kwargs, address=address, num_cpus=num_cpus, use_gpus=use_gpus
+            )
+            for out in results:
+                index = int(out["index"])
+                row = json.loads(str(out["row"]))
+                task = by_index[index]
+                row.update(
+                    file=str(task.item.path), output=str(task.outputs["mask"])
+                )  # as the user gave them
+                if row["status"] == "failed":
+                    row["error"] = row["error"].replace(str(task.item.path.resolve()), str(task.item.path))
+                    logger.error("%s", row["error"])
+                rows[index] = row
+                _write_summary(plan.csv_path, _decided(rows), plan.class_names)
+                prog(row)
+    finally:
+        prog.close()
+    missing = [t.item.path for t in plan.tasks if rows[t.index] is None]
+    if missing:  # pragma: no cover - Ray returns every row or raises
+        raise RuntimeError(f"ray: no result for {len(missing)} input(s), e.g. {missing[0]}")
+    done = _decided(rows)
+    _write_summary(plan.csv_path, done, plan.class_names)
+    return FolderSummary(rows=done, csv_path=plan.csv_path)
 
 
 def segment_folder(
@@ -481,11 +1049,31 @@ def segment_folder(
     overlay: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    *,
+    workers: int = 0,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_num_cpus: int | None = None,
+    ray_use_gpus: bool = True,
+    writers: Sequence[OutputWriter] = (),
 ) -> FolderSummary:
     """Segment every input with ``segmenter`` into ``output_dir`` (layout: module docstring).
 
     A file that cannot be read or segmented is logged in one line and gets a
     ``failed`` row in the summary; the other inputs are still segmented.
+
+    Where the work runs:
+
+    * one process (``engine="local"``), with ``workers`` background processes decoding
+      and preprocessing the next inputs and a writer thread writing the last ones
+      (``workers=0``: each input in turn, in this thread);
+    * under ``torchrun`` (detected from ``RANK`` / ``WORLD_SIZE``), every rank runs this
+      same call: rank 0 finds the inputs and the finished ones (resume), input ``i`` of
+      the rest goes to rank ``i % WORLD_SIZE``, each rank writes its part of the summary
+      to ``<output>/.vmunet-parts/summary.rank<r>.csv`` as it goes, and rank 0 writes the
+      one ``summary.csv`` once all ranks are done. Each rank returns the whole summary.
+    * ``engine="ray"``: Ray Data actors, one model each (see
+      :func:`vmunet.inference.engines.ray_map`), the summary written here.
 
     Args:
         segmenter: a :class:`~vmunet.inference.Segmenter`.
@@ -495,69 +1083,48 @@ def segment_folder(
         overlay: also write PNG overlays of the contours on the image.
         overwrite: redo inputs whose outputs already exist (else they are skipped).
         progress: a bar over files (and slices of large volumes) when stderr is a
-            terminal, otherwise one log line per file.
+            terminal, otherwise one log line per file (rank 0 only under torchrun).
+        workers: background processes decoding and preprocessing inputs (0: none).
+        engine: ``"local"`` (this process, or the torchrun ranks) or ``"ray"``.
+        ray_address: ``engine="ray"``: an existing cluster (``None``: a local instance).
+        ray_num_cpus: ``engine="ray"``: CPUs of the local instance (default: all).
+        ray_use_gpus: ``engine="ray"``: one GPU per actor when the cluster has GPUs.
+        writers: extra outputs per input (:class:`OutputWriter`, e.g. a DICOM-SEG writer).
 
     Returns:
         A :class:`FolderSummary`; ``summary.csv`` is in ``output_dir``.
 
     Raises:
-        VmunetUserError: an input does not exist, or ``output_dir`` is an input folder.
+        VmunetUserError: an input does not exist, ``output_dir`` is an input folder,
+            ``engine="ray"`` without Ray installed or under torchrun.
+        ValueError: a bad ``engine`` or ``workers``.
     """
-    out_dir = Path(output_dir)
-    input_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    for raw in input_list:
-        if Path(raw).is_dir() and Path(raw).resolve() == out_dir.resolve():
-            raise VmunetUserError(
-                f"output folder {str(out_dir)!r} is also an input folder; "
-                "choose another one so that the inputs stay untouched"
-            )
-    items = collect_inputs(input_list, exclude=out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / "summary.csv"
-    names = segmenter.class_names
-    summary = FolderSummary(csv_path=csv_path)
-    input_paths = {it.path.resolve() for it in items}
-    claimed: dict[Path, Path] = {}
+    from vmunet.inference.engines import ENGINES, torchrun_env
 
-    bar = make_bar(total=len(items), desc="segment", unit="file") if progress else None
-    try:
-        with _bar_logging(bar):
-            for i, item in enumerate(items, 1):
-                t0 = time.perf_counter()
-                outs = _outputs_for(item, out_dir, probabilities, overlay)
-                row: dict[str, Any] = {"file": str(item.path), "output": str(outs["mask"]), "error": ""}
-                try:
-                    _check_item(item, outs, input_paths, claimed)
-                    existing = None if overwrite else _existing_output(outs)
-                    if existing is not None:
-                        row.update(_existing_row(existing, names))
-                    else:
-                        row.update(
-                            _segment_one(
-                                segmenter, item, outs, probabilities, overlay, bool(progress and bar)
-                            )
-                        )
-                except Exception as exc:  # one bad input never stops the run
-                    msg = (
-                        str(exc)
-                        if isinstance(exc, VmunetUserError)
-                        else f"{item.path}: {type(exc).__name__}: {exc}"
-                    )
-                    row.update(status="failed", error=msg)
-                    logger.error("%s", msg)
-                row["seconds"] = round(time.perf_counter() - t0, 3)
-                summary.rows.append(row)
-                _write_summary(csv_path, summary.rows, names)
-                if bar is not None:
-                    bar.update(1)
-                elif progress and row["status"] != "failed":
-                    logger.info(
-                        "[%d/%d] %s: %s (%.2f s)", i, len(items), item.path, row["status"], row["seconds"]
-                    )
-    finally:
-        if bar is not None:
-            bar.close()
-    if not items:
-        _write_summary(csv_path, summary.rows, names)
-        logger.warning("no input images found in %s", ", ".join(str(p) for p in input_list))
-    return summary
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    writers = tuple(writers)
+    opts = _FileOptions(probabilities=probabilities, overlay=overlay, writers=writers)
+    plan_args = {
+        "inputs": inputs,
+        "output_dir": output_dir,
+        "class_names": segmenter.class_names,
+        "probabilities": probabilities,
+        "overlay": overlay,
+        "overwrite": overwrite,
+        "writers": writers,
+    }
+    env = torchrun_env()
+    if engine == "ray":
+        if env is not None and env.world_size > 1:
+            raise VmunetUserError("--engine ray cannot run under torchrun; use one or the other")
+        from vmunet.inference.engines import import_ray
+
+        import_ray()  # fail before planning when Ray is missing
+        plan = plan_folder(**plan_args)
+        return _segment_ray(segmenter, plan, opts, progress, ray_address, ray_num_cpus, ray_use_gpus)
+    if env is not None and env.world_size > 1:
+        return _segment_ranks(segmenter, env, plan_args, opts, int(workers), progress)
+    return _segment_local(segmenter, plan_folder(**plan_args), opts, int(workers), progress)

@@ -28,9 +28,9 @@ import torch
 from vmunet.errors import VmunetUserError
 from vmunet.inference.inferers import _check_batch, _check_overlap, _check_threshold
 from vmunet.inference.spec import InferenceSpec, Prediction
-from vmunet.inference.strategies import RunOptions, input_error, strategy_for
+from vmunet.inference.strategies import PreparedInput, RunOptions, input_error, strategy_for
 
-__all__ = ["InferenceSpec", "Prediction", "Segmenter", "resolve_device"]
+__all__ = ["InferenceSpec", "Prediction", "Preparer", "Segmenter", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class Segmenter:
         checkpoint: path to a vmunet checkpoint, a loaded checkpoint dict, or an
             ``nn.Module`` (then ``inference`` is required).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        batch_size: slices (volumes) and windows (sliding window) per forward pass.
+        batch_size: slices (volumes) per forward pass, and windows (sliding window) per
+            forward pass unless ``sw_batch_size`` is given.
         overlap: sliding-window overlap in [0, 1) (``None``: the checkpoint's).
         tta: average probabilities over the identity and the H, W and HW flips (3-D: each axis).
         axis: slicing axis for volumes (0, 1 or 2); ``None`` picks the axial one.
@@ -131,6 +132,8 @@ class Segmenter:
         scan_backend: selective-scan backend for the rebuilt model (``None``: automatic;
             see :func:`vmunet.ops.available_backends`).
         threshold: sigmoid models: foreground from this probability (``None``: the checkpoint's).
+        sw_batch_size: sliding windows per forward pass (MONAI's ``sw_batch_size``;
+            ``None``: ``batch_size``, as before this option existed).
 
     Raises:
         ValueError: a bad argument (names it and the allowed values).
@@ -158,8 +161,10 @@ class Segmenter:
         probability_dtype: str = "float32",
         scan_backend: str | None = None,
         threshold: float | None = None,
+        sw_batch_size: int | None = None,
     ) -> None:
         batch = _check_batch(batch_size, "batch_size")
+        sw_batch = None if sw_batch_size is None else _check_batch(sw_batch_size, "sw_batch_size")
         overlap_f = None if overlap is None else _check_overlap(overlap)
         threshold_f = None if threshold is None else _check_threshold(threshold)
         if axis is not None and axis not in (0, 1, 2):
@@ -168,6 +173,19 @@ class Segmenter:
             raise ValueError(f"probability_dtype must be 'float32' or 'uint8', got {probability_dtype!r}")
         self.device = resolve_device(device)
         self.checkpoint_path: Path | None = None
+        # What rebuilds this segmenter in another process (a Ray actor): everything but the device.
+        self._replica: dict[str, Any] = {
+            "checkpoint": checkpoint,
+            "batch_size": batch,
+            "overlap": overlap_f,
+            "tta": bool(tta),
+            "axis": axis,
+            "inference": inference,
+            "probability_dtype": probability_dtype,
+            "scan_backend": scan_backend,
+            "threshold": threshold_f,
+            "sw_batch_size": sw_batch,
+        }
         if isinstance(checkpoint, torch.nn.Module):
             if inference is None:
                 raise ValueError("inference must be given (the checkpoint's 'inference' dict) with a module")
@@ -190,6 +208,7 @@ class Segmenter:
             tta=bool(tta),
             axis=axis,
             probability_dtype=probability_dtype,
+            sw_batch_size=sw_batch,
         )
         self.strategy = strategy_for(self.spec.spatial_dims)(self.spec, self.options)
 
@@ -220,8 +239,24 @@ class Segmenter:
 
     @property
     def batch_size(self) -> int:
-        """Slices / windows per forward pass."""
+        """Slices (and, without ``sw_batch_size``, windows) per forward pass."""
         return self.options.batch_size
+
+    @property
+    def sw_batch_size(self) -> int:
+        """Sliding windows per forward pass."""
+        return self.options.windows_per_pass
+
+    def replica_config(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this segmenter elsewhere (``Segmenter(**config, device=...)``).
+
+        Used by the Ray engine: each actor loads its own copy of the model on its own device.
+        """
+        return dict(self._replica)
+
+    def preparer(self) -> Preparer:
+        """A picklable callable that decodes and prepares inputs for this segmenter (no model inside)."""
+        return Preparer(self.strategy)
 
     # ------------------------------------------------------------------ public
 
@@ -260,17 +295,35 @@ class Segmenter:
             InputFileError: unreadable file, no pixels, NaN / infinite values, or a
                 channel count the model cannot take (``ValueError`` for arrays).
         """
-        t0 = time.perf_counter()
-        img = self._as_image(image, is_volume)
-        where = str(img.path) if img.path is not None else "input array"
-        arr = img.array
-        if arr.size == 0:
-            raise input_error(img, f"image has no pixels (shape {arr.shape})")
-        _check_finite(arr, lambda why: input_error(img, why))
-        labels, probs, used_axis = self.strategy.predict(
-            img, self.model, return_probabilities, axis, progress
+        prepared = self.load(image, is_volume=is_volume, axis=axis)
+        return self.predict_prepared(
+            prepared,
+            return_probabilities=return_probabilities,
+            progress=progress,
+            extra_seconds=prepared.seconds,
         )
-        dt = time.perf_counter() - t0
+
+    def load(self, image: Any, *, is_volume: bool | None = None, axis: int | None = None) -> PreparedInput:
+        """Decode and preprocess one input for the network (CPU only; the first half of :meth:`predict`).
+
+        Raises the same errors as :meth:`predict` for an unreadable or unusable input.
+        """
+        return Preparer(self.strategy)(image, is_volume=is_volume, axis=axis)
+
+    def predict_prepared(
+        self,
+        prepared: PreparedInput,
+        *,
+        return_probabilities: bool = False,
+        progress: bool | Callable[[int], None] = False,
+        extra_seconds: float = 0.0,
+    ) -> Prediction:
+        """The second half of :meth:`predict`: the network and post-processing of a :meth:`load` result."""
+        t0 = time.perf_counter()
+        img = prepared.image
+        labels, probs, used_axis = self.strategy.infer(prepared, self.model, return_probabilities, progress)
+        dt = time.perf_counter() - t0 + extra_seconds
+        where = str(img.path) if img.path is not None else "input array"
         logger.debug("%s: predicted %s in %.2f s", where, labels.shape, dt)
         return Prediction(labels, probs, img, self.class_names, used_axis, dt)
 
@@ -282,10 +335,20 @@ class Segmenter:
         overlay: bool = False,
         overwrite: bool = False,
         progress: bool = True,
+        *,
+        workers: int = 0,
+        engine: str = "local",
+        ray_address: str | None = None,
+        ray_num_cpus: int | None = None,
+        ray_use_gpus: bool = True,
+        writers: Sequence[Any] = (),
     ) -> Any:
         """Segment files, folders (recursed) and DICOM series folders into ``output_dir``.
 
-        See :func:`vmunet.inference.folder.segment_folder` for the output layout.
+        See :func:`vmunet.inference.folder.segment_folder` for the output layout and the
+        keyword-only options: ``workers`` (background decoding processes), ``engine``
+        (``"local"`` or ``"ray"``), ``ray_address``, ``ray_num_cpus``, ``ray_use_gpus`` and
+        ``writers`` (extra outputs). Under torchrun each rank segments its share.
 
         Returns:
             A :class:`~vmunet.inference.folder.FolderSummary`.
@@ -300,36 +363,74 @@ class Segmenter:
             overlay=overlay,
             overwrite=overwrite,
             progress=progress,
+            workers=workers,
+            engine=engine,
+            ray_address=ray_address,
+            ray_num_cpus=ray_num_cpus,
+            ray_use_gpus=ray_use_gpus,
+            writers=writers,
         )
 
-    # ------------------------------------------------------------------ internals
 
-    def _as_image(self, image: Any, is_volume: bool | None) -> Any:
-        from vmunet.data import ImageData, read_image
+class Preparer:
+    """Decode and preprocess inputs for a segmenter's strategy; picklable, holds no model.
 
-        if isinstance(image, ImageData):
-            return image
-        if isinstance(image, (str, os.PathLike)):
-            return read_image(image)
-        if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
-        if not isinstance(image, np.ndarray):
-            raise TypeError(
-                f"image must be a path, ImageData, numpy array or tensor, got {type(image).__name__}"
-            )
-        if image.ndim == 2:
-            return ImageData(image, format="npy")
-        if image.ndim == 3:
-            if is_volume is None:
-                is_volume = image.shape[-1] not in (1, 3, 4)
-            if is_volume:
-                return ImageData(image, spacing=(1.0, 1.0, 1.0), format="nifti")
-            return ImageData(image, format="npy")
-        if image.ndim == 4 and is_volume is not False:
+    The first half of :meth:`Segmenter.predict`: reads the file (or wraps the array), refuses
+    empty and non-finite inputs, and runs the strategy's ``prepare`` step. Background workers
+    (``segment_folder(..., workers=N)``) call it while the network predicts.
+
+    Args:
+        strategy: the segmenter's strategy (:mod:`vmunet.inference.strategies`).
+
+    Example:
+        >>> import torch
+        >>> seg = Segmenter(torch.nn.Conv2d(1, 2, 1), inference={"in_channels": 1, "out_channels": 2})
+        >>> tuple(seg.preparer()(np.zeros((40, 30), np.float32)).x.shape)
+        (1, 1, 40, 30)
+    """
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+
+    def __call__(
+        self, image: Any, *, is_volume: bool | None = None, axis: int | None = None
+    ) -> PreparedInput:
+        """The :class:`~vmunet.inference.strategies.PreparedInput` of one path, image or array."""
+        t0 = time.perf_counter()
+        img = _as_image(image, is_volume)
+        arr = img.array
+        if arr.size == 0:
+            raise input_error(img, f"image has no pixels (shape {arr.shape})")
+        _check_finite(arr, lambda why: input_error(img, why))
+        prepared = self.strategy.prepare(img, axis)
+        prepared.seconds = time.perf_counter() - t0
+        return prepared
+
+
+def _as_image(image: Any, is_volume: bool | None) -> Any:
+    from vmunet.data import ImageData, read_image
+
+    if isinstance(image, ImageData):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a path, ImageData, numpy array or tensor, got {type(image).__name__}")
+    if image.ndim == 2:
+        return ImageData(image, format="npy")
+    if image.ndim == 3:
+        if is_volume is None:
+            is_volume = image.shape[-1] not in (1, 3, 4)
+        if is_volume:
             return ImageData(image, spacing=(1.0, 1.0, 1.0), format="nifti")
-        raise ValueError(
-            f"input array: expected (H, W), (H, W, C) or a volume (X, Y, Z[, C]), got shape {image.shape}"
-        )
+        return ImageData(image, format="npy")
+    if image.ndim == 4 and is_volume is not False:
+        return ImageData(image, spacing=(1.0, 1.0, 1.0), format="nifti")
+    raise ValueError(
+        f"input array: expected (H, W), (H, W, C) or a volume (X, Y, Z[, C]), got shape {image.shape}"
+    )
 
 
 def _check_finite(arr: np.ndarray, fail: Callable[[str], Exception]) -> None:

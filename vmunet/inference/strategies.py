@@ -6,6 +6,12 @@ run's :class:`RunOptions`, nothing else (no reference to the segmenter): it turn
 :mod:`vmunet.inference.inferers`, and turns the probabilities into a label map on the
 input's own grid.
 
+The two halves are separate steps so that decoding and preprocessing can run in background
+workers while the network predicts the previous input: :meth:`prepare` (CPU only, no
+network: channel checks, normalisation, resampling) returns a :class:`PreparedInput`, and
+:meth:`infer` (the inferer, then post-processing) turns it into labels. ``predict`` is
+``infer(prepare(...))``; there is one inference path whichever process prepared the input.
+
 * :class:`PlanarStrategy` (2-D checkpoints): pictures through the 2-D inferer (sliding
   window, or resize when the checkpoint says so), volumes slice by slice
   (:class:`~vmunet.inference.inferers.SliceInferer`, bounded memory).
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,7 +52,15 @@ from vmunet.inference.inferers import (
 )
 from vmunet.inference.spec import InferenceSpec
 
-__all__ = ["PlanarStrategy", "RunOptions", "VolumetricStrategy", "axial_axis", "input_error", "strategy_for"]
+__all__ = [
+    "PlanarStrategy",
+    "PreparedInput",
+    "RunOptions",
+    "VolumetricStrategy",
+    "axial_axis",
+    "input_error",
+    "strategy_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +76,18 @@ class RunOptions:
 
     Attributes:
         device: where the network runs.
-        batch_size: slices (volumes, 2-D model) and windows (sliding window) per forward pass.
+        batch_size: slices (volumes, 2-D model) per forward pass, and sliding windows per
+            forward pass unless ``sw_batch_size`` is given.
         overlap: sliding-window overlap in [0, 1).
         threshold: sigmoid models: foreground from this probability.
         tta: flip test-time augmentation.
         axis: slicing axis of volumes for 2-D models (``None``: the axial one).
         probability_dtype: ``"float32"`` or ``"uint8"`` (p x 255) for returned probabilities.
+        sw_batch_size: sliding windows per forward pass (MONAI ``sliding_window_inference``'s
+            ``sw_batch_size``); ``None``: ``batch_size``.
 
     Example:
-        >>> RunOptions(torch.device("cpu")).batch_size
+        >>> RunOptions(torch.device("cpu")).windows_per_pass
         4
     """
 
@@ -81,6 +98,38 @@ class RunOptions:
     tta: bool = False
     axis: int | None = None
     probability_dtype: str = "float32"
+    sw_batch_size: int | None = None
+
+    @property
+    def windows_per_pass(self) -> int:
+        """Sliding windows per forward pass (``sw_batch_size``, else ``batch_size``)."""
+        return self.batch_size if self.sw_batch_size is None else self.sw_batch_size
+
+
+@dataclass
+class PreparedInput:
+    """One input decoded and preprocessed for the network, not yet predicted (:meth:`_Strategy.prepare`).
+
+    Picklable (numpy arrays and CPU tensors), so a background worker can prepare it.
+
+    Attributes:
+        image: the input with its geometry (:class:`~vmunet.data.ImageData`).
+        x: the network input ``(1, C, *spatial)`` on the CPU, or ``None`` for a volume a 2-D
+            model segments slice by slice (its slices are preprocessed batch by batch).
+        axis: the slicing axis (2-D model, volume) or the axial axis (3-D model), else ``None``.
+        extra: strategy-specific values for post-processing (e.g. the resampling grid).
+        seconds: time spent decoding and preparing.
+
+    Example:
+        >>> PreparedInput(image=None, x=torch.zeros(1, 1, 8, 8)).axis is None
+        True
+    """
+
+    image: Any
+    x: torch.Tensor | None = None
+    axis: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def input_error(img: Any, why: str) -> Exception:
@@ -145,6 +194,22 @@ class _Strategy:
         self.spec = spec
         self.options = options
 
+    def prepare(self, img: Any, axis: int | None = None) -> PreparedInput:  # pragma: no cover - abstract
+        """Decode-side work for one image (CPU, no network): checks, channels, normalisation, grid."""
+        raise NotImplementedError
+
+    def infer(
+        self, prepared: PreparedInput, network: Any, return_probabilities: bool, progress: Progress = False
+    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:  # pragma: no cover - abstract
+        """``(labels, probabilities or None, axis)`` of a prepared input: inferer, then post-processing."""
+        raise NotImplementedError
+
+    def predict(
+        self, img: Any, network: Any, return_probabilities: bool, axis: int | None, progress: Progress
+    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        """``(labels, probabilities or None, axis)`` of one image: :meth:`infer` of :meth:`prepare`."""
+        return self.infer(self.prepare(img, axis), network, return_probabilities, progress)
+
     def _labels(self, probs: torch.Tensor) -> np.ndarray:
         """``(b, K, ...)`` probabilities -> ``(b, ...)`` label map in the spec's label dtype."""
         labels = labels_from_probabilities(probs, self.spec.activation, self.options.threshold)
@@ -177,22 +242,31 @@ class PlanarStrategy(_Strategy):
             self.inferer: VmunetInferer = WholeImageInferer(spec.input_size, True, activation=act, tta=tta)
         elif spec.input_size is not None:
             self.inferer = SlidingWindowInferer2D(
-                spec.input_size, options.overlap, options.batch_size, activation=act, tta=tta
+                spec.input_size, options.overlap, options.windows_per_pass, activation=act, tta=tta
             )
         else:
             self.inferer = WholeImageInferer(None, activation=act, tta=tta)
 
-    def predict(
-        self, img: Any, network: Any, return_probabilities: bool, axis: int | None, progress: Progress
-    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-        """``(labels, probabilities or None, slicing axis or None)`` of one image or volume."""
+    def prepare(self, img: Any, axis: int | None = None) -> PreparedInput:
+        """A picture normalised into ``(1, C, H, W)``; a volume checked (slices are prepared per batch)."""
         if img.is_volume:
-            return self._volume(img, network, return_probabilities, axis, progress)
+            arr = img.array
+            if arr.ndim not in (3, 4):
+                raise input_error(img, f"expected 3 spatial axes (+ channels), got shape {arr.shape}")
+            _check_channels(img, arr, self.spec.in_channels, 3)
+            return PreparedInput(img, None, self.volume_axis(img, axis))
         arr = _model_channels(img, img.array, self.spec.in_channels, 2)
         x = normalize_intensity(arr if arr.shape[-1] > 1 else arr[..., 0], self.spec.normalization)
         x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)  # (C, H, W)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.options.device)
-        p = self.inferer(xt, network)
+        return PreparedInput(img, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None])
+
+    def infer(
+        self, prepared: PreparedInput, network: Any, return_probabilities: bool, progress: Progress = False
+    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        """``(labels, probabilities or None, slicing axis or None)`` of one prepared image or volume."""
+        if prepared.x is None:
+            return self._volume(prepared.image, network, return_probabilities, prepared.axis, progress)
+        p = self.inferer(prepared.x.to(self.options.device), network)
         probs = self._probabilities(p)[0] if return_probabilities else None
         return self._labels(p)[0], probs, None
 
@@ -209,14 +283,11 @@ class PlanarStrategy(_Strategy):
         return int(axis)
 
     def _volume(
-        self, img: Any, network: Any, return_probabilities: bool, axis: int | None, progress: Progress
+        self, img: Any, network: Any, return_probabilities: bool, ax: int | None, progress: Progress
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         arr = img.array
         spec, where = self.spec, _where(img)
-        if arr.ndim not in (3, 4):
-            raise input_error(img, f"expected 3 spatial axes (+ channels), got shape {arr.shape}")
-        _check_channels(img, arr, spec.in_channels, 3)
-        ax = self.volume_axis(img, axis)
+        ax = self.volume_axis(img, ax)
 
         def preprocess(block: np.ndarray) -> np.ndarray:
             # Each slice on its own, as the training slice datasets do (matters for zscore / minmax).
@@ -282,7 +353,7 @@ class VolumetricStrategy(_Strategy):
         return SlidingWindowInferer3D(
             self.spec.input_size,  # type: ignore[arg-type]
             self.options.overlap,
-            self.options.batch_size,
+            self.options.windows_per_pass,
             sw_device=self.options.device,
             device=torch.device("cpu"),
             progress=progress,
@@ -290,10 +361,8 @@ class VolumetricStrategy(_Strategy):
             tta=self.options.tta,
         )
 
-    def predict(
-        self, img: Any, network: Any, return_probabilities: bool, axis: int | None, progress: Progress
-    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-        """``(labels, probabilities or None, axial axis)`` of one volume on its own grid."""
+    def prepare(self, img: Any, axis: int | None = None) -> PreparedInput:
+        """The volume resampled to the training spacing and windowed: ``(1, C, *grid)`` on the CPU."""
         from monai import transforms as mt
         from monai.data import MetaTensor
 
@@ -328,6 +397,22 @@ class VolumetricStrategy(_Strategy):
             vol = norm({"image": vol})["image"]
         grid_affine = vol.affine.clone() if isinstance(vol, MetaTensor) else affine
         xt = (vol.as_tensor() if isinstance(vol, MetaTensor) else torch.as_tensor(vol)).float()[None]
+        extra = {"affine": affine, "grid_affine": grid_affine, "shape": shape, "resample": resample}
+        return PreparedInput(
+            img, xt.contiguous(), axial_axis(direction=img.direction, affine=img.affine), extra
+        )
+
+    def infer(
+        self, prepared: PreparedInput, network: Any, return_probabilities: bool, progress: Progress = False
+    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        """``(labels, probabilities or None, axial axis)`` of one prepared volume on its own grid."""
+        from monai import transforms as mt
+        from monai.data import MetaTensor
+
+        assert prepared.x is not None
+        ex = prepared.extra
+        affine, grid_affine, shape, resample = ex["affine"], ex["grid_affine"], ex["shape"], ex["resample"]
+        xt = prepared.x
         probs = self.inferer(bool(progress) and not callable(progress))(xt, network)  # (1, K, *grid)
         if resample:
             back = mt.SpatialResample(mode="bilinear", padding_mode="border")
@@ -338,7 +423,7 @@ class VolumetricStrategy(_Strategy):
         out_probs = self._probabilities(probs)[0] if return_probabilities else None
         if callable(progress):
             progress(shape[-1])
-        return self._labels(probs)[0], out_probs, axial_axis(direction=img.direction, affine=img.affine)
+        return self._labels(probs)[0], out_probs, prepared.axis
 
 
 def strategy_for(spatial_dims: int) -> type[_Strategy]:

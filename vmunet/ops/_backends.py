@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "VMUNET_SCAN_BACKEND"
 #: every backend name, fastest first
-BACKENDS = ("triton", "cuda", "cpu", "torch", "reference")
+BACKENDS = ("triton", "cuda", "cpu", "chunked", "torch", "reference")
 
 
 class ScanBackendUnavailableError(VmunetUserError, RuntimeError):
@@ -239,7 +239,7 @@ def _why_unavailable(name: str, tensor: torch.Tensor | None) -> str | None:
                 "Use backend='triton', 'cuda' or 'torch' for GPU tensors."
             )
         return None
-    return None  # torch and reference run anywhere
+    return None  # chunked, torch and reference run anywhere
 
 
 def available_backends(tensor: torch.Tensor | None = None) -> list[str]:

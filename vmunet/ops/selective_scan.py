@@ -8,6 +8,9 @@
   computed in float32. Under ``TRITON_INTERPRET=1`` it also runs on CPU tensors (slowly; for tests).
 - ``"cuda"``: mamba-ssm's ``selective_scan_fn`` (CUDA kernel), for CUDA tensors.
 - ``"cpu"``: numba-compiled forward and backward kernels (exact, multi-threaded).
+- ``"chunked"``: the scan in standard tensor ops only (``_chunked_scan.py``), differentiated by
+  autograd and never inside a custom op, so ONNX / TorchScript / ``torch.export`` graphs can hold
+  it (``vmunet export`` builds models with it); float32 (float64 stays float64); any device.
 - ``"torch"``: chunked pure-PyTorch scan with an analytic backward; runs on any device.
 - ``"reference"``: the sequential loop, differentiated by autograd; ground truth for tests.
 
@@ -31,6 +34,7 @@ from vmunet.ops._backends import (
     resolve_backend,
     triton_kernels,
 )
+from vmunet.ops._chunked_scan import selective_scan_chunked
 from vmunet.ops._reference import selective_scan_reference
 
 __all__ = [
@@ -293,8 +297,8 @@ def selective_scan(
         delta_bias: added to delta before softplus, (dim,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state h at t = L - 1, (batch, dim, N).
-        backend: "triton", "cuda", "cpu", "torch", "reference", or None / "auto" for automatic choice
-            (see ``resolve_backend``; env var ``VMUNET_SCAN_BACKEND`` overrides the automatic choice).
+        backend: "triton", "cuda", "cpu", "chunked", "torch", "reference", or None / "auto" for the
+            automatic choice (see ``resolve_backend``; env var ``VMUNET_SCAN_BACKEND`` overrides it).
 
     Returns:
         ``out`` (batch, dim, L) in u's dtype, or ``(out, last_state)`` when ``return_last_state``.
@@ -321,6 +325,27 @@ def selective_scan(
 
     if name == "reference" and not compiling:
         out, last = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return (out, last) if return_last_state else out
+
+    if name == "chunked":  # plain tensor ops, traced as they are: never the custom op
+        cf = torch.float64 if u.dtype == torch.float64 else torch.float32
+        dim = u.shape[1]
+
+        def cast(t: Any) -> Any:
+            return None if t is None else t.to(cf)
+
+        out, last = selective_scan_chunked(
+            cast(u),
+            cast(delta),
+            cast(A),
+            cast(_canonical_bc(B, dim)),
+            cast(_canonical_bc(C, dim)),
+            cast(D),
+            cast(z),
+            cast(delta_bias),
+            bool(delta_softplus),
+        )
+        out = out.to(u.dtype)
         return (out, last) if return_last_state else out
 
     if name == "cuda" and not compiling:

@@ -1,0 +1,323 @@
+"""MONAI bundle components: vmunet's own preprocessing and postprocessing as MONAI transforms.
+
+A bundle written by :func:`vmunet.export.export_bundle` names these with ``_target_`` in
+``configs/inference.json`` so that ``python -m monai.bundle run`` segments a folder exactly as
+``vmunet segment`` does (same voxels): the bundle's ``preprocessing`` reads each scan with
+vmunet's reader and applies the checkpoint's channel rule, normalisation and (3-D) resampling to
+the training spacing; its ``inferer`` is the very vmunet inferer ``vmunet segment`` uses (a MONAI
+:class:`~monai.inferers.Inferer`: sliding window, activation); its ``postprocessing`` resamples
+the probabilities back onto the scan's grid (3-D), thresholds / argmaxes them and writes a label
+map with the input's geometry and name into ``output_dir``.
+
+Example:
+    >>> from vmunet.export.monai_components import VmunetLabelsd
+    >>> import torch
+    >>> out = VmunetLabelsd("pred", activation="softmax")({"pred": torch.tensor([[[0.2]], [[0.8]]])})
+    >>> out["pred"].tolist()
+    [[1]]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+__all__ = [
+    "LoadVmunetImaged",
+    "PrepareImage",
+    "VmunetLabelsd",
+    "VmunetPreprocessd",
+    "VmunetResampleBackd",
+    "VmunetSaveLabelsd",
+    "list_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_DATA = "_vmunet_image"  # the ImageData between the loader and the preprocessing (never collated)
+
+
+def list_inputs(
+    dataset_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None
+) -> list:
+    """The bundle's ``datalist``: ``[{"image": path, "rel_dir": sub folder}]`` of every scan in a folder.
+
+    The same discovery as ``vmunet segment`` (:func:`vmunet.inference.folder.collect_inputs`):
+    folders are recursed, DICOM series folders are one input, non-image files are left out.
+
+    Example:
+        >>> list_inputs("scans/")  # doctest: +SKIP
+        [{'image': 'scans/case1.nii.gz', 'rel_dir': '.'}]
+    """
+    from vmunet.inference.folder import collect_inputs
+
+    items = collect_inputs(str(dataset_dir), exclude=output_dir)
+    return [{"image": str(it.path), "rel_dir": str(it.rel_dir)} for it in items if it.supported]
+
+
+class LoadVmunetImaged(MapTransform):
+    """Read ``d[key]`` (a path) with :func:`vmunet.data.read_image`, keeping its geometry.
+
+    Args:
+        keys: the path key(s) (``"image"``).
+
+    Example:
+        >>> LoadVmunetImaged("image")({"image": "scan.nii.gz"})["image_path"]  # doctest: +SKIP
+        'scan.nii.gz'
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from vmunet.data import read_image
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            img = read_image(path)
+            d[f"{key}_path"] = path
+            d[_IMAGE_DATA] = img
+            d[key] = img.array
+        return d
+
+
+class VmunetPreprocessd(MapTransform):
+    """The checkpoint's preprocessing: the network input ``(C, *spatial)`` float32, as ``vmunet segment``.
+
+    2-D checkpoints: pictures get the channel rule (:func:`vmunet.data.as_channels`) and the
+    normalisation (:func:`vmunet.data.normalize_intensity`). 3-D checkpoints: volumes are
+    resampled to the training spacing (MONAI ``Spacing``, bilinear) and normalised with the
+    checkpoint's MONAI intensity transform; the grids needed to go back are kept in
+    ``vmunet_affine``, ``vmunet_grid_affine``, ``vmunet_shape`` and ``vmunet_resample``.
+
+    Args:
+        keys: the image key (``"image"``), loaded by :class:`LoadVmunetImaged`.
+        inference: the checkpoint's ``inference`` dict.
+
+    Example:
+        >>> t = VmunetPreprocessd("image", {"in_channels": 1, "out_channels": 2})
+        >>> t.spec.spatial_dims
+        2
+    """
+
+    def __init__(self, keys: Any, inference: Mapping[str, Any]) -> None:
+        super().__init__(keys)
+        from vmunet.inference.spec import InferenceSpec
+
+        self.spec = InferenceSpec.from_dict(inference, source="bundle inference")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from vmunet.inference.segmenter import _check_finite
+        from vmunet.inference.strategies import input_error
+
+        d = dict(data)
+        img = d.pop(_IMAGE_DATA)
+        for key in self.key_iterator(d):
+            arr = img.array
+            if arr.size == 0:
+                raise input_error(img, f"image has no pixels (shape {arr.shape})")
+            _check_finite(arr, lambda why: input_error(img, why))
+            if self.spec.spatial_dims == 3:
+                d[key] = self._volume(img, d)
+            else:
+                d[key] = self._picture(img)
+        return d
+
+    def _picture(self, img: Any) -> torch.Tensor:
+        from vmunet.data.transforms import normalize_intensity
+        from vmunet.inference.strategies import _model_channels, input_error
+
+        if img.is_volume:
+            raise input_error(
+                img,
+                "is a volume but this bundle holds a 2-D model that segments pictures; segment volumes slice "
+                "by slice with vmunet segment",
+            )
+        arr = _model_channels(img, img.array, self.spec.in_channels, 2)
+        x = normalize_intensity(arr if arr.shape[-1] > 1 else arr[..., 0], self.spec.normalization)
+        x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _volume(self, img: Any, d: dict[Hashable, Any]) -> torch.Tensor:
+        from monai import transforms as mt
+        from monai.data import MetaTensor
+
+        from vmunet.data.io import spacing_is_known
+        from vmunet.data.volumes3d import intensity_transform
+        from vmunet.inference.strategies import _check_channels, _model_channels, input_error
+
+        spec, arr = self.spec, img.array
+        if not img.is_volume:
+            raise input_error(
+                img,
+                f"is a 2-D image (shape {arr.shape}) but the bundle holds a 3-D model that segments volumes",
+            )
+        if arr.ndim not in (3, 4):
+            raise input_error(img, f"expected 3 spatial axes (+ channels), got shape {arr.shape}")
+        _check_channels(img, arr, spec.in_channels, 3)
+        spacing = tuple(float(s) for s in img.spacing)
+        if not spacing_is_known(img):
+            logger.warning("%s: no voxel spacing in the file; treating it as 1 mm", img.path)
+            spacing = (1.0, 1.0, 1.0)
+        x = np.asarray(_model_channels(img, arr, spec.in_channels, 3), dtype=np.float32)
+        x = np.moveaxis(x, -1, 0)
+        shape = tuple(int(s) for s in x.shape[1:])
+        affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+        vol = MetaTensor(torch.from_numpy(np.ascontiguousarray(x)), affine=affine)
+        target = spec.spacing
+        resample = target is not None and not np.allclose(target, spacing, rtol=1e-4, atol=1e-6)
+        if resample:
+            vol = mt.Spacing(pixdim=target, mode="bilinear")(vol)
+        norm = intensity_transform(spec.normalization)
+        if norm is not None:
+            vol = norm({"image": vol})["image"]
+        grid_affine = vol.affine.clone() if isinstance(vol, MetaTensor) else affine
+        d["vmunet_affine"] = affine
+        d["vmunet_grid_affine"] = torch.as_tensor(grid_affine, dtype=torch.float64)
+        d["vmunet_shape"] = torch.tensor(shape, dtype=torch.int64)
+        d["vmunet_resample"] = torch.tensor(bool(resample))
+        return (vol.as_tensor() if isinstance(vol, MetaTensor) else torch.as_tensor(vol)).float()
+
+
+class PrepareImage:
+    """The evaluator's ``prepare_batch``: the image batch as a plain tensor (no label).
+
+    Args:
+        to_device: move the batch to the evaluator's device (2-D); a 3-D volume stays on the CPU
+            and only its windows go to the device (``sw_device``), as ``vmunet segment`` does.
+
+    Example:
+        >>> x, y = PrepareImage(to_device=True)({"image": torch.zeros(1, 1, 4, 4)}, torch.device("cpu"))
+        >>> tuple(x.shape), y
+        ((1, 1, 4, 4), None)
+    """
+
+    def __init__(self, to_device: bool = True) -> None:
+        self.to_device = bool(to_device)
+
+    def __call__(
+        self, batchdata: Mapping[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple[torch.Tensor, None]:
+        """``(image batch, None)``."""
+        x = batchdata["image"]
+        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+        if self.to_device and device is not None:
+            x = x.to(device=device, non_blocking=non_blocking)
+        return x, None
+
+
+class VmunetResampleBackd(MapTransform):
+    """3-D: resample the probabilities ``(K, *grid)`` back onto the input's grid (bilinear), as ``segment``.
+
+    Reads ``vmunet_grid_affine``, ``vmunet_affine``, ``vmunet_shape`` and ``vmunet_resample`` from
+    the item (written by :class:`VmunetPreprocessd`); items without them pass unchanged.
+
+    Example:
+        >>> p = torch.rand(2, 4, 4, 4)
+        >>> VmunetResampleBackd("pred")({"pred": p})["pred"] is p
+        True
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai import transforms as mt
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        if "vmunet_shape" not in d:
+            return d
+        shape = tuple(int(s) for s in torch.as_tensor(d["vmunet_shape"]).reshape(-1).tolist())
+        for key in self.key_iterator(d):
+            probs = torch.as_tensor(d[key]).float().cpu()
+            if bool(torch.as_tensor(d["vmunet_resample"]).item()):
+                back = mt.SpatialResample(mode="bilinear", padding_mode="border")
+                grid = torch.as_tensor(d["vmunet_grid_affine"], dtype=torch.float64)
+                dst = torch.as_tensor(d["vmunet_affine"], dtype=torch.float64)
+                probs = back(MetaTensor(probs, affine=grid), dst_affine=dst, spatial_size=shape)
+                probs = probs.as_tensor() if isinstance(probs, MetaTensor) else probs
+            if tuple(probs.shape[1:]) != shape:
+                probs = torch.nn.functional.interpolate(
+                    probs[None], size=shape, mode="trilinear", align_corners=False
+                )[0]
+            d[key] = probs
+        return d
+
+
+class VmunetLabelsd(MapTransform):
+    """Probabilities ``(K, *spatial)`` -> a label map (sigmoid: ``p >= threshold``; softmax: argmax).
+
+    Args:
+        keys: the prediction key (``"pred"``).
+        activation: ``"sigmoid"`` or ``"softmax"`` (the checkpoint's).
+        threshold: sigmoid models: foreground from this probability.
+
+    Example:
+        >>> VmunetLabelsd("pred", "sigmoid", 0.5)({"pred": torch.tensor([[[0.7, 0.2]]])})["pred"].tolist()
+        [[1, 0]]
+    """
+
+    def __init__(self, keys: Any, activation: str = "sigmoid", threshold: float = 0.5) -> None:
+        super().__init__(keys)
+        self.activation = activation
+        self.threshold = float(threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from vmunet.inference.inferers import label_dtype, labels_from_probabilities
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = torch.as_tensor(d[key])
+            labels = labels_from_probabilities(probs[None], self.activation, self.threshold)[0]
+            n_labels = probs.shape[0] + 1 if self.activation == "sigmoid" else probs.shape[0]
+            d[key] = labels.cpu().numpy().astype(label_dtype(n_labels))
+        return d
+
+
+class VmunetSaveLabelsd(MapTransform):
+    """Write the label map with the input's geometry and name into ``output_dir``, as ``vmunet segment``.
+
+    The file is ``output_dir/<sub folder>/<case><ext>`` (:func:`vmunet.inference.folder.output_extension`:
+    NIfTI stays NIfTI, a JPEG becomes PNG, a DICOM series becomes ``.nii.gz``), written atomically.
+
+    Args:
+        keys: the label-map key (``"pred"``).
+        output_dir: the folder to write into.
+        path_key: the item key holding the input's path.
+
+    Example:
+        >>> VmunetSaveLabelsd("pred", "out/").output_dir  # doctest: +SKIP
+        PosixPath('out')
+    """
+
+    def __init__(self, keys: Any, output_dir: str | os.PathLike[str], path_key: str = "image_path") -> None:
+        super().__init__(keys)
+        self.output_dir = Path(output_dir)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from vmunet.data import read_image, write_image
+        from vmunet.data.io import case_name
+        from vmunet.inference.folder import output_extension
+
+        d = dict(data)
+        path = Path(_one(d[self.path_key]))
+        rel = Path(_one(d.get("rel_dir", ".")))
+        case = case_name(path) if path.is_file() else path.name
+        like = read_image(path)
+        for key in self.key_iterator(d):
+            out = self.output_dir / rel / f"{case}{output_extension(path)}"
+            write_image(out, np.asarray(d[key]), like=like)
+            d[f"{key}_file"] = str(out)
+            logger.info("%s -> %s", path, out)
+        return d
+
+
+def _one(v: Any) -> Any:
+    """A value that a DataLoader may have wrapped in a one-element list."""
+    if isinstance(v, Sequence) and not isinstance(v, (str, bytes)) and len(v) == 1:
+        return v[0]
+    return v
