@@ -6,6 +6,7 @@ against PyTorch), then the same input batch goes through
 
 * PyTorch eager with ``scan_backend="cpu"`` (numba kernels: the automatic CPU choice), under
   ``torch.inference_mode``, and
+* PyTorch eager with ``scan_backend="chunked"`` (the formulation the exported graph holds), and
 * an ONNX Runtime ``InferenceSession`` (CPUExecutionProvider, graph optimisations on),
 
 both with --threads intra-op threads. Times are the best of --repeat calls after one warm-up call
@@ -77,6 +78,14 @@ def main() -> None:
             with torch.inference_mode():
                 return net(x)
 
+        net_chunked = vmunet.create_model(args.arch, in_channels=1, out_channels=2, scan_backend="chunked")
+        net_chunked.load_state_dict(model.state_dict())
+        net_chunked.eval()
+
+        def chunked_call():
+            with torch.inference_mode():
+                return net_chunked(x)
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
         opts.inter_op_num_threads = 1
@@ -88,6 +97,7 @@ def main() -> None:
             return sess.run(None, feed)[0]
 
         t_torch = _best(torch_call, repeat)
+        t_chunked = _best(chunked_call, repeat)
         t_ort = _best(ort_call, repeat)
         diff = float(np.abs(ort_call() - torch_call().numpy()).max())
         size_mb = res.path.stat().st_size / 2**20
@@ -102,6 +112,9 @@ def main() -> None:
         f"(opset {res.opset}, {size_mb:.1f} MB, export check max rel diff {res.max_rel_diff:.2e})"
     )
     print(f"  PyTorch, cpu (numba) backend : {t_torch * 1e3:9.1f} ms  (best of {repeat})")
+    print(
+        f"  PyTorch, chunked backend     : {t_chunked * 1e3:9.1f} ms  (best of {repeat}; the exported scan)"
+    )
     print(f"  ONNX Runtime, CPU            : {t_ort * 1e3:9.1f} ms  (best of {repeat})")
     print(f"  ratio PyTorch / ONNX Runtime : {t_torch / t_ort:9.2f}x")
     print(f"  max |ONNX Runtime - PyTorch(cpu)| logit difference: {diff:.2e}")
