@@ -16,8 +16,7 @@ EPILOG = """examples:
       --dataset_dir scans/ --output_dir masks/
 
 onnx / torchscript / pt2: the network is rebuilt with the exportable "chunked" scan backend,
-exported with a dynamic batch at the checkpoint's window size (--input-size: another multiple of
-32; 3-D: of 32 x 32 x 16), then run by
+exported with a dynamic batch and spatial size (multiples of 32; 3-D: 32 x 32 x 16), then run by
 ONNX Runtime / torch.jit.load / torch.export.load and held against PyTorch's logits: the export is
 refused (exit 2, nothing written) above --tolerance x max(1, max |logit|). The preprocessing spec
 goes into the file's metadata and a <output>.json sidecar. Default opset 18 (the exporter's own).
@@ -60,7 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="largest accepted max |exported - PyTorch| / max(1, max |logit|) "
         f"(default {DEFAULT_TOLERANCE:g})",
     )
-    p.add_argument("--static", action="store_true", help="export a fixed batch size instead of a dynamic one")
+    p.add_argument(
+        "--static", action="store_true", help="export a fixed batch and spatial size instead of dynamic ones"
+    )
     p.set_defaults(func=run)
 
 
@@ -92,11 +93,7 @@ def run(args: argparse.Namespace) -> int:
         dynamic=not args.static,
     )
     opset = f", opset {res.opset}" if res.opset is not None else ""
-    sizes = (
-        f"dynamic batch, spatial size {list(res.input_shape[2:])}"
-        if res.dynamic
-        else f"static input {list(res.input_shape)}"
-    )
+    sizes = "dynamic batch and spatial size" if res.dynamic else f"static input {list(res.input_shape)}"
     print(f"vmunet export: {res.format} model written to {res.path} ({sizes}{opset})")
     for shape, diff in res.checks:
         print(

@@ -1,7 +1,7 @@
 """Export a trained checkpoint: ONNX / TorchScript / pt2 graphs, and a MONAI bundle.
 
 * :func:`export_checkpoint`: ONNX (ONNX Runtime), TorchScript or pt2 (``torch.export``), built with
-  the ``chunked`` selective-scan backend, a dynamic batch at the window size, run by its own runtime
+  the ``chunked`` selective-scan backend, dynamic batch and spatial sizes, run by its own runtime
   and held against PyTorch's logits before it is kept (:mod:`vmunet.export.graph`).
 * :func:`export_bundle`: a MONAI bundle (``configs/metadata.json``, ``configs/inference.json``,
   ``models/model.pt``, ``docs/README.md``, ``LICENSE``) that ``python -m monai.bundle run`` runs

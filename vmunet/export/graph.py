@@ -2,18 +2,24 @@
 
 The network is rebuilt from the checkpoint with the ``chunked`` selective-scan backend (plain
 tensor ops: the other backends run inside custom ops no exporter can hold), exported with a
-dynamic batch at a fixed spatial size (default the checkpoint's window, ``inference.input_size``:
-all a sliding-window runner ever feeds the network; ``input_size`` for another multiple of the
-model's ``size_divisors``), then *run* by the matching runtime (ONNX Runtime for ``onnx``,
-``torch.jit.load`` for ``torchscript``, ``torch.export.load`` for ``pt2``) on a fixed random input
-and on a second batch size.
+dynamic batch and dynamic spatial sizes (multiples of the model's ``size_divisors``: 32 per axis
+for the 2-D VM-UNet, (32, 32, 16) for the 3-D one), then *run* by the matching runtime (ONNX
+Runtime for ``onnx``, ``torch.jit.load`` for ``torchscript``, ``torch.export.load`` for ``pt2``) on
+a random input at the checked size (default the checkpoint's window, ``inference.input_size``) and
+on a second batch and spatial size.
 
-Why the spatial size is fixed: the chunked scan pads each sequence to whole chunks, an integer
-computed from the spatial size; with symbolic spatial sizes torch 2.13's ONNX exporter folded part
-of that arithmetic to the export size's constants, and the graph failed at other sizes (found
-by the tests). A dynamic batch has no such arithmetic. Its logits must equal the
-eager PyTorch model's (automatic backend, what ``vmunet segment`` runs) within
-``tolerance * max(1, max |logit|)``; otherwise :class:`ExportCheckError` is raised and nothing is
+The graph is traced at a size of at least twice the divisor on every axis (batch 2), so that no
+size the graph derives from the input is 0 or 1: ``torch.export`` specialises those to constants,
+which silently froze the spatial sizes of a graph traced at a 32 x 32 x 16 window (found by the
+tests; the chunked scan pads its sequences by more than a chunk for the same reason).
+
+``pt2`` keeps the batch dynamic only: ``torch.export`` adds a guard for every intermediate size
+of the scan's chunking that happened to be 1 at the traced size (several were found and removed;
+more remain), so a program with symbolic spatial sizes refused other sizes at load time.
+
+The exported model's logits must equal the eager PyTorch model's (automatic backend, what
+``vmunet segment`` runs) within ``tolerance * max(1, max |logit|)``; otherwise
+:class:`ExportCheckError` is raised and nothing is
 left at the output path. Files are written to a temporary name and renamed.
 
 Opset: :data:`DEFAULT_OPSET` 18 is the opset PyTorch's dynamo ONNX exporter (torchlib) writes its
@@ -95,7 +101,7 @@ class ExportResult:
         path: the exported file.
         format: ``"onnx"``, ``"torchscript"`` or ``"pt2"``.
         opset: the ONNX opset (``None`` for the other formats).
-        dynamic: whether the batch size is dynamic in the exported graph.
+        dynamic: whether batch and spatial sizes are dynamic in the exported graph.
         input_shape: the shape the model was exported with.
         checks: ``(input shape, max |diff| / max(1, max |logit|))`` for each verified input.
         tolerance: the bound every check had to meet.
@@ -212,11 +218,22 @@ def _sample(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
-def _dynamic_shapes(src: ExportSource) -> tuple[dict[int, Any]]:
-    """A dynamic batch; the spatial sizes stay those of the export (see the module docstring)."""
+def _dynamic_shapes(src: ExportSource, spatial: bool = True) -> tuple[dict[int, Any]]:
+    """A dynamic batch, and (``spatial``) dynamic multiples of the divisors on every spatial axis."""
     from torch.export import Dim
 
-    return ({0: Dim("batch", min=1, max=1024)},)
+    top = 4096 if src.spec.spatial_dims == 2 else 1024
+    dims: dict[int, Any] = {0: Dim("batch", min=1, max=1024)}
+    for i, d in enumerate(src.size_divisors if spatial else ()):
+        dims[2 + i] = Dim(f"n{i}", min=1, max=max(2, top // d)) * d
+    return (dims,)
+
+
+def _trace_shape(shape: tuple[int, ...], div: tuple[int, ...], dynamic: bool) -> tuple[int, ...]:
+    """The input shape the graph is traced at: ``shape``, each axis raised to 2 x its divisor when dynamic."""
+    if not dynamic:
+        return shape
+    return (shape[0], shape[1], *(max(s, 2 * d) for s, d in zip(shape[2:], div)))
 
 
 def _export_onnx(src: ExportSource, x: torch.Tensor, tmp: Path, opset: int, dynamic: bool) -> None:
@@ -262,7 +279,7 @@ def _export_torchscript(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: 
 
 
 def _export_pt2(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: bool) -> None:
-    kwargs: dict[str, Any] = {"dynamic_shapes": _dynamic_shapes(src)} if dynamic else {}
+    kwargs: dict[str, Any] = {"dynamic_shapes": _dynamic_shapes(src, spatial=False)} if dynamic else {}
     ep = torch.export.export(src.model, (x,), **kwargs)
     meta = metadata_for(src, "pt2", dynamic)
     torch.export.save(ep, str(tmp), extra_files={EXTRA_FILE: json.dumps(meta)})
@@ -343,8 +360,8 @@ def _verify(
 
 
 def _second_shape(shape: tuple[int, ...], div: tuple[int, ...]) -> tuple[int, ...]:
-    """Another batch size at the same spatial size (what the dynamic axis must serve)."""
-    return (1, *shape[1:])
+    """Another batch size and spatial size (what the dynamic axes must serve)."""
+    return (1, shape[1], *(s + d for s, d in zip(shape[2:], div)))
 
 
 def export_checkpoint(
@@ -368,8 +385,8 @@ def export_checkpoint(
         input_size: the spatial size exported with and checked (default: the checkpoint's
             ``inference.input_size``); multiples of the model's ``size_divisors``.
         tolerance: the largest ``max |exported - eager| / max(1, max |eager logit|)`` accepted.
-        dynamic: export a dynamic batch (falls back to a static graph, with a warning, when the
-            exporter cannot keep it dynamic).
+        dynamic: export a dynamic batch and spatial size (falls back to a static graph, with a
+            warning, when the exporter cannot keep them dynamic).
 
     Returns:
         An :class:`ExportResult`.
@@ -396,11 +413,15 @@ def export_checkpoint(
         src.model.set_scan_backend(export_scan_backend())
     size = _input_size(src, input_size)
     shape = (_EXPORT_BATCH, src.spec.in_channels, *size)
-    x = _sample(shape)
+    div = src.size_divisors
+
+    def traced(dyn: bool) -> torch.Tensor:  # a TorchScript trace keeps the sizes it saw: trace at `shape`
+        return _sample(_trace_shape(shape, div, dyn and format == "onnx"))
+
     writers = {
-        "onnx": lambda t, dyn: _export_onnx(src, x, t, opset_v, dyn),  # type: ignore[arg-type]
-        "torchscript": lambda t, dyn: _export_torchscript(src, x, t, dyn),
-        "pt2": lambda t, dyn: _export_pt2(src, x, t, dyn),
+        "onnx": lambda t, dyn: _export_onnx(src, traced(dyn), t, opset_v, dyn),  # type: ignore[arg-type]
+        "torchscript": lambda t, dyn: _export_torchscript(src, traced(dyn), t, dyn),
+        "pt2": lambda t, dyn: _export_pt2(src, traced(dyn), t, dyn),
     }
     dyn = bool(dynamic)
     with atomic_path(out) as tmp:
@@ -413,7 +434,7 @@ def export_checkpoint(
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             logger.warning(
-                "%s: the %s exporter could not keep the batch size dynamic (%s: %s); "
+                "%s: the %s exporter could not keep the batch and spatial sizes dynamic (%s: %s); "
                 "exporting a static graph for input shape %s",
                 out,
                 format,
@@ -426,7 +447,7 @@ def export_checkpoint(
             writers[format](tmp, dyn)
         checks = _verify(src, tmp, format, [shape], tol, out)
         if dyn:
-            second = _second_shape(shape, src.size_divisors)
+            second = _second_shape(shape, div) if format != "pt2" else (1, *shape[1:])
             try:
                 checks += _verify(src, tmp, format, [second], tol, out)
             except _DoesNotRun as exc:

@@ -442,8 +442,9 @@ class VMUNet(nn.Module):
             )
         for i, (k, name) in enumerate(zip(self.size_divisors, _AXIS_NAMES)):
             axis = 2 + i
-            size = int(x.shape[axis])
+            size = x.shape[axis]  # not int(): that would freeze a symbolic size under torch.export
             if size % k or size == 0:
+                size = int(size)
                 below, above = (size // k) * k, (size // k + 1) * k
                 fits = f"{below} or {above}" if below > 0 else f"{above}"
                 raise ValueError(

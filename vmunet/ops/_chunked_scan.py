@@ -58,11 +58,16 @@ Tensor = torch.Tensor
 
 
 def _to_chunks(t: Tensor, chunk: int) -> Tensor:
-    """(L, ...) -> (chunk, ceil(L / chunk), ...) contiguous, zero-padded at the end of the sequence."""
+    """(L, ...) -> (chunk, n, ...) contiguous, zero-padded at the end of the sequence.
+
+    The padding is always more than a chunk (n = ceil((L + 2) / chunk) + 1): no size derived from L is
+    ever 0 or 1, the sizes ``torch.export`` specialises on, so a graph exported at any L keeps L
+    dynamic. It costs one chunk per level.
+    """
     length = t.shape[0]
-    n = (length + chunk - 1) // chunk
-    pad = t.new_zeros((n * chunk - length, *t.shape[1:]))
-    t = torch.cat([t, pad], dim=0)
+    n = (length + 1 + 2 * chunk) // chunk  # = ceil((L + 2) / chunk) + 1, one floor division (>= 2)
+    # F.pad, not cat with new_zeros: a pt2 program with a symbolic new_zeros size fails to load
+    t = F.pad(t, (0, 0) * (t.dim() - 1) + (0, n * chunk - length))
     return t.reshape(n, chunk, *t.shape[1:]).transpose(0, 1).contiguous()
 
 
