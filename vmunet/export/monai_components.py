@@ -89,10 +89,9 @@ class LoadVmunetImaged(MapTransform):
 class VmunetPreprocessd(MapTransform):
     """The checkpoint's preprocessing: the network input ``(C, *spatial)`` float32, as ``vmunet segment``.
 
-    2-D checkpoints: pictures get the channel rule (:func:`vmunet.data.as_channels`) and the
-    normalisation (:func:`vmunet.data.normalize_intensity`). 3-D checkpoints: volumes are
-    resampled to the training spacing (MONAI ``Spacing``, bilinear) and normalised with the
-    checkpoint's MONAI intensity transform; the grids needed to go back are kept in
+    Runs the ``prepare`` half of the segmenter's strategy (:mod:`vmunet.inference.strategies`):
+    2-D checkpoints: pictures get the channel rule and the normalisation. 3-D checkpoints: volumes
+    are resampled to the training spacing and normalised; the grids needed to go back are kept in
     ``vmunet_affine``, ``vmunet_grid_affine``, ``vmunet_shape`` and ``vmunet_resample``.
 
     Args:
@@ -108,8 +107,11 @@ class VmunetPreprocessd(MapTransform):
     def __init__(self, keys: Any, inference: Mapping[str, Any]) -> None:
         super().__init__(keys)
         from vmunet.inference.spec import InferenceSpec
+        from vmunet.inference.strategies import RunOptions, strategy_for
 
         self.spec = InferenceSpec.from_dict(inference, source="bundle inference")
+        # the preparation half of vmunet segment's strategy (CPU only; its inferer is not used)
+        self._strategy = strategy_for(self.spec.spatial_dims)(self.spec, RunOptions(torch.device("cpu")))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from vmunet.inference.segmenter import _check_finite
@@ -129,8 +131,7 @@ class VmunetPreprocessd(MapTransform):
         return d
 
     def _picture(self, img: Any) -> torch.Tensor:
-        from vmunet.data.transforms import normalize_intensity
-        from vmunet.inference.strategies import _model_channels, input_error
+        from vmunet.inference.strategies import input_error
 
         if img.is_volume:
             raise input_error(
@@ -138,50 +139,16 @@ class VmunetPreprocessd(MapTransform):
                 "is a volume but this bundle holds a 2-D model that segments pictures; segment volumes slice "
                 "by slice with vmunet segment",
             )
-        arr = _model_channels(img, img.array, self.spec.in_channels, 2)
-        x = normalize_intensity(arr if arr.shape[-1] > 1 else arr[..., 0], self.spec.normalization)
-        x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return self._strategy.prepare(img).x[0]
 
     def _volume(self, img: Any, d: dict[Hashable, Any]) -> torch.Tensor:
-        from monai import transforms as mt
-        from monai.data import MetaTensor
-
-        from vmunet.data.io import spacing_is_known
-        from vmunet.data.volumes3d import intensity_transform
-        from vmunet.inference.strategies import _check_channels, _model_channels, input_error
-
-        spec, arr = self.spec, img.array
-        if not img.is_volume:
-            raise input_error(
-                img,
-                f"is a 2-D image (shape {arr.shape}) but the bundle holds a 3-D model that segments volumes",
-            )
-        if arr.ndim not in (3, 4):
-            raise input_error(img, f"expected 3 spatial axes (+ channels), got shape {arr.shape}")
-        _check_channels(img, arr, spec.in_channels, 3)
-        spacing = tuple(float(s) for s in img.spacing)
-        if not spacing_is_known(img):
-            logger.warning("%s: no voxel spacing in the file; treating it as 1 mm", img.path)
-            spacing = (1.0, 1.0, 1.0)
-        x = np.asarray(_model_channels(img, arr, spec.in_channels, 3), dtype=np.float32)
-        x = np.moveaxis(x, -1, 0)
-        shape = tuple(int(s) for s in x.shape[1:])
-        affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
-        vol = MetaTensor(torch.from_numpy(np.ascontiguousarray(x)), affine=affine)
-        target = spec.spacing
-        resample = target is not None and not np.allclose(target, spacing, rtol=1e-4, atol=1e-6)
-        if resample:
-            vol = mt.Spacing(pixdim=target, mode="bilinear")(vol)
-        norm = intensity_transform(spec.normalization)
-        if norm is not None:
-            vol = norm({"image": vol})["image"]
-        grid_affine = vol.affine.clone() if isinstance(vol, MetaTensor) else affine
-        d["vmunet_affine"] = affine
-        d["vmunet_grid_affine"] = torch.as_tensor(grid_affine, dtype=torch.float64)
-        d["vmunet_shape"] = torch.tensor(shape, dtype=torch.int64)
-        d["vmunet_resample"] = torch.tensor(bool(resample))
-        return (vol.as_tensor() if isinstance(vol, MetaTensor) else torch.as_tensor(vol)).float()
+        prepared = self._strategy.prepare(img)  # vmunet segment's own 3-D preprocessing
+        extra = prepared.extra
+        d["vmunet_affine"] = extra["affine"]
+        d["vmunet_grid_affine"] = torch.as_tensor(extra["grid_affine"], dtype=torch.float64)
+        d["vmunet_shape"] = torch.tensor(extra["shape"], dtype=torch.int64)
+        d["vmunet_resample"] = torch.tensor(bool(extra["resample"]))
+        return prepared.x[0]
 
 
 class PrepareImage:
@@ -224,26 +191,20 @@ class VmunetResampleBackd(MapTransform):
     """
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from monai import transforms as mt
-        from monai.data import MetaTensor
+        from vmunet.inference.strategies import VolumetricStrategy
 
         d = dict(data)
         if "vmunet_shape" not in d:
             return d
-        shape = tuple(int(s) for s in torch.as_tensor(d["vmunet_shape"]).reshape(-1).tolist())
-        for key in self.key_iterator(d):
+        extra = {
+            "shape": torch.as_tensor(d["vmunet_shape"]).reshape(-1).tolist(),
+            "resample": bool(torch.as_tensor(d["vmunet_resample"]).item()),
+            "grid_affine": torch.as_tensor(d["vmunet_grid_affine"], dtype=torch.float64),
+            "affine": torch.as_tensor(d["vmunet_affine"], dtype=torch.float64),
+        }
+        for key in self.key_iterator(d):  # vmunet segment's own way back onto the input's grid
             probs = torch.as_tensor(d[key]).float().cpu()
-            if bool(torch.as_tensor(d["vmunet_resample"]).item()):
-                back = mt.SpatialResample(mode="bilinear", padding_mode="border")
-                grid = torch.as_tensor(d["vmunet_grid_affine"], dtype=torch.float64)
-                dst = torch.as_tensor(d["vmunet_affine"], dtype=torch.float64)
-                probs = back(MetaTensor(probs, affine=grid), dst_affine=dst, spatial_size=shape)
-                probs = probs.as_tensor() if isinstance(probs, MetaTensor) else probs
-            if tuple(probs.shape[1:]) != shape:
-                probs = torch.nn.functional.interpolate(
-                    probs[None], size=shape, mode="trilinear", align_corners=False
-                )[0]
-            d[key] = probs
+            d[key] = VolumetricStrategy.to_input_grid(probs[None], extra)[0]
         return d
 
 

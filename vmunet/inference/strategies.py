@@ -402,27 +402,38 @@ class VolumetricStrategy(_Strategy):
             img, xt.contiguous(), axial_axis(direction=img.direction, affine=img.affine), extra
         )
 
+    @staticmethod
+    def to_input_grid(probs: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+        """Probabilities ``(1, K, *grid)`` on the prepared grid -> ``(1, K, *shape)`` on the input's grid.
+
+        ``extra`` is :meth:`prepare`'s record (``affine``, ``grid_affine``, ``shape``, ``resample``).
+        """
+        from monai import transforms as mt
+        from monai.data import MetaTensor
+
+        shape = tuple(int(s) for s in extra["shape"])
+        if extra["resample"]:
+            back = mt.SpatialResample(mode="bilinear", padding_mode="border")
+            probs = back(
+                MetaTensor(probs[0], affine=extra["grid_affine"]),
+                dst_affine=extra["affine"],
+                spatial_size=shape,
+            )
+            probs = (probs.as_tensor() if isinstance(probs, MetaTensor) else probs)[None]
+        if tuple(probs.shape[2:]) != shape:  # guards against an off-by-one grid
+            probs = torch.nn.functional.interpolate(probs, size=shape, mode="trilinear", align_corners=False)
+        return probs
+
     def infer(
         self, prepared: PreparedInput, network: Any, return_probabilities: bool, progress: Progress = False
     ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """``(labels, probabilities or None, axial axis)`` of one prepared volume on its own grid."""
-        from monai import transforms as mt
-        from monai.data import MetaTensor
-
         assert prepared.x is not None
-        ex = prepared.extra
-        affine, grid_affine, shape, resample = ex["affine"], ex["grid_affine"], ex["shape"], ex["resample"]
-        xt = prepared.x
-        probs = self.inferer(bool(progress) and not callable(progress))(xt, network)  # (1, K, *grid)
-        if resample:
-            back = mt.SpatialResample(mode="bilinear", padding_mode="border")
-            probs = back(MetaTensor(probs[0], affine=grid_affine), dst_affine=affine, spatial_size=shape)
-            probs = (probs.as_tensor() if isinstance(probs, MetaTensor) else probs)[None]
-        if tuple(probs.shape[2:]) != shape:  # guards against an off-by-one grid
-            probs = torch.nn.functional.interpolate(probs, size=shape, mode="trilinear", align_corners=False)
+        probs = self.inferer(bool(progress) and not callable(progress))(prepared.x, network)  # (1, K, *grid)
+        probs = self.to_input_grid(probs, prepared.extra)
         out_probs = self._probabilities(probs)[0] if return_probabilities else None
         if callable(progress):
-            progress(shape[-1])
+            progress(int(prepared.extra["shape"][-1]))
         return self._labels(probs)[0], out_probs, prepared.axis
 
 
