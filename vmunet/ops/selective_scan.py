@@ -327,27 +327,6 @@ def selective_scan(
         out, last = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return (out, last) if return_last_state else out
 
-    if name == "chunked":  # plain tensor ops, traced as they are: never the custom op
-        cf = torch.float64 if u.dtype == torch.float64 else torch.float32
-        dim = u.shape[1]
-
-        def cast(t: Any) -> Any:
-            return None if t is None else t.to(cf)
-
-        out, last = selective_scan_chunked(
-            cast(u),
-            cast(delta),
-            cast(A),
-            cast(_canonical_bc(B, dim)),
-            cast(_canonical_bc(C, dim)),
-            cast(D),
-            cast(z),
-            cast(delta_bias),
-            bool(delta_softplus),
-        )
-        out = out.to(u.dtype)
-        return (out, last) if return_last_state else out
-
     if name == "cuda" and not compiling:
         fn, _ = mamba_selective_scan_fn()
         res = fn(
@@ -364,7 +343,8 @@ def selective_scan(
         )
         return res
 
-    f = torch.float64 if (u.dtype == torch.float64 and name in ("torch", "reference")) else torch.float32
+    f64 = ("chunked", "torch", "reference")
+    f = torch.float64 if (u.dtype == torch.float64 and name in f64) else torch.float32
     dim = u.shape[1]
     # "triton" reads float32 / bfloat16 / float16 as they are (float64 is cast to float32)
     keep = (torch.float32, torch.bfloat16, torch.float16) if name == "triton" else ()
@@ -374,9 +354,7 @@ def selective_scan(
             return None
         return (t if t.dtype in keep else t.to(f)).contiguous()
 
-    tensors = (u, delta, A, B, C, D, z, delta_bias)
-    save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, last, _ = _scan_op(
+    args = (
         prep(u),
         prep(delta),
         prep(A),
@@ -386,9 +364,13 @@ def selective_scan(
         prep(z),
         prep(delta_bias),
         bool(delta_softplus),
-        name,
-        save_states,
     )
+    if name == "chunked":  # plain tensor ops, traced as they are: never the custom op
+        out, last = selective_scan_chunked(*args)
+    else:
+        tensors = (u, delta, A, B, C, D, z, delta_bias)
+        save_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        out, last, _ = _scan_op(*args, name, save_states)
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out
 
