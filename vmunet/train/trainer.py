@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -565,7 +566,12 @@ def train(
     from vmunet.train.distributed import shutdown_distributed
 
     trainer = Trainer(config, output_dir=output_dir, resume=resume, device=device)
+    info = trainer.dist
     try:
         return trainer.fit()
     finally:
-        shutdown_distributed(trainer.dist)
+        # DDP's reducer holds the gloo/NCCL process group: drop it first, so that destroying the group
+        # really frees it now, and not during interpreter shutdown, where gloo's threads abort the process.
+        del trainer
+        gc.collect()
+        shutdown_distributed(info)
