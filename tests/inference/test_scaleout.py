@@ -267,6 +267,39 @@ def test_torchrun_resume_redoes_only_the_missing_output(torchrun_out, folder, ct
     assert (out / "c.nii.gz").read_bytes() == (src / "c.nii.gz").read_bytes()
 
 
+def test_torchrun_two_nodes_through_rendezvous_each_input_once(folder, ct_checkpoint, reference, tmp_path):
+    """Two torchrun agents (one per "node", as on two machines sharing the output folder) join through
+    torchrun's c10d rendezvous: global RANK 0 and 1, LOCAL_RANK 0 on both."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "vmunet-test"]
+    cmd += ["-m", "vmunet", "segment", str(folder), "-c", str(ct_checkpoint), "-o", str(out)]
+    cmd += ["--device", "cpu", "--batch-size", "2", "--no-progress"]
+    nodes = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    results = [(n.communicate(timeout=300)[1], n.returncode) for n in nodes]
+    for err, rc in results:
+        assert rc == 1, err[-3000:]  # exit 1: one input failed
+    assert sum(err.count("vmunet segment:") for err, _ in results) == 1  # only global rank 0 reports
+    _assert_same_outputs(out, reference)
+    _assert_same_rows(out, reference)
+    assert sorted(p.name for p in out.glob("*.csv")) == ["summary.csv"]
+    parts = [_rows(out / PARTS_DIR, f"summary.rank{r}.csv") for r in (0, 1)]
+    order = sorted([*GOOD, BAD])
+    for r, part in enumerate(parts):
+        assert set(part) == set(order[r::2]) and {p["rank"] for p in part.values()} == {str(r)}
+
+
 # --------------------------------------------------------------------------- Ray
 
 
