@@ -104,13 +104,18 @@ def test_torchscript_round_trip(ckpt2d, tmp_path):
 
 def test_pt2_round_trip_with_dynamic_shapes(ckpt2d, tmp_path):
     res = export_checkpoint(ckpt2d, tmp_path / "tiny2d.pt2", "pt2")
-    assert res.dynamic
+    assert res.dynamic and [s for s, _ in res.checks] == [(2, 1, 64, 64), (1, 1, 96, 96)]
+    assert res.dynamic_axes == ["batch", "height", "width"]
+    meta = json.loads(res.sidecar.read_text())
+    assert meta["dynamic_axes"] == ["batch", "height", "width"] and meta["min_input_size"] == [64, 64]
     module = torch.export.load(str(res.path)).module()
-    # pt2: a dynamic batch at the traced spatial size (see vmunet.export.graph)
-    for shape in ((2, 1, 64, 64), (1, 1, 64, 64), (4, 1, 64, 64)):
+    # pt2: dynamic batch and spatial sizes from twice the divisor (32) up (see vmunet.export.graph)
+    for shape in ((1, 1, 64, 160), (3, 1, 128, 96)):  # export checked (2, 1, 64, 64) and (1, 1, 96, 96)
         x = torch.randn(shape)
         with torch.no_grad():
             _close(module(x).numpy(), _eager(ckpt2d, x))
+    with pytest.raises(Exception, match="(?i)guard|range|constraint|expected"):  # below the stated minimum
+        module(torch.randn(1, 1, 32, 64))
 
 
 @pytest.mark.slow
@@ -119,6 +124,8 @@ def test_3d_torchscript_and_pt2_round_trips(fmt, ckpt3d, tmp_path):
     from vmunet.export import run_exported
 
     res = export_checkpoint(ckpt3d, tmp_path / f"tiny3d.{fmt}", fmt)
+    if fmt == "pt2":  # the 32 x 32 x 16 window is one divisor: below pt2's dynamic spatial minimum
+        assert res.dynamic_axes == ["batch"] and json.loads(res.sidecar.read_text())["min_input_size"] is None
     x = torch.randn(2, 1, 32, 32, 16)
     _close(run_exported(res.path, fmt, x), _eager(ckpt3d, x))
 

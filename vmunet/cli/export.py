@@ -16,7 +16,8 @@ EPILOG = """examples:
       --dataset_dir scans/ --output_dir masks/
 
 onnx / torchscript / pt2: the network is rebuilt with the exportable "chunked" scan backend,
-exported with a dynamic batch and spatial size (multiples of 32; 3-D: 32 x 32 x 16), then run by
+exported with a dynamic batch and spatial size (multiples of 32; 3-D: 32 x 32 x 16; pt2: from twice
+those up), then run by
 ONNX Runtime / torch.jit.load / torch.export.load and held against PyTorch's logits: the export is
 refused (exit 2, nothing written) above --tolerance x max(1, max |logit|). The preprocessing spec
 goes into the file's metadata and a <output>.json sidecar. Default opset 18 (the exporter's own).
@@ -93,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
         dynamic=not args.static,
     )
     opset = f", opset {res.opset}" if res.opset is not None else ""
-    sizes = "dynamic batch and spatial size" if res.dynamic else f"static input {list(res.input_shape)}"
+    if not res.dynamic:
+        sizes = f"static input {list(res.input_shape)}"
+    elif res.dynamic_axes == ["batch"]:
+        sizes = f"dynamic batch, spatial size {list(res.input_shape[2:])}"
+    else:
+        sizes = "dynamic batch and spatial size"
     print(f"vmunet export: {res.format} model written to {res.path} ({sizes}{opset})")
     for shape, diff in res.checks:
         print(

@@ -13,9 +13,11 @@ size the graph derives from the input is 0 or 1: ``torch.export`` specialises th
 which silently froze the spatial sizes of a graph traced at a 32 x 32 x 16 window (found by the
 tests; the chunked scan pads its sequences by more than a chunk for the same reason).
 
-``pt2`` keeps the batch dynamic only: ``torch.export`` adds a guard for every intermediate size
-of the scan's chunking that happened to be 1 at the traced size (several were found and removed;
-more remain), so a program with symbolic spatial sizes refused other sizes at load time.
+``pt2`` programs have dynamic spatial sizes from twice the divisor up (:data:`PT2_MIN_UNITS`): at
+one divisor the deepest stage is 1 voxel wide, and ``torch.export`` specialises a size of 1 and guards
+it when the program runs. A checkpoint whose window is smaller than that on some axis gets a pt2
+program with a dynamic batch only, at its window size. (ONNX graphs hold no guards and are checked
+down to one divisor.)
 
 The exported model's logits must equal the eager PyTorch model's (automatic backend, what
 ``vmunet segment`` runs) within ``tolerance * max(1, max |logit|)``; otherwise
@@ -73,6 +75,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GRAPH_FORMATS = ("onnx", "torchscript", "pt2")
+
+#: a pt2 program's spatial sizes are dynamic from this many times the divisor up (below, the deepest
+#: stage is 1 voxel wide, a size ``torch.export`` specialises and then guards at load time)
+PT2_MIN_UNITS = 2
+
 #: torchlib's own opset: the dynamo exporter's translations are written for it (no conversion).
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
@@ -106,6 +113,8 @@ class ExportResult:
         checks: ``(input shape, max |diff| / max(1, max |logit|))`` for each verified input.
         tolerance: the bound every check had to meet.
         sidecar: the ``.json`` written beside the file.
+        dynamic_axes: the input axes that are dynamic (``["batch", "height", "width"]``, ``["batch"]``
+            or none).
 
     Example:
         >>> r = ExportResult(Path("m.onnx"), "onnx", 18, True, (2, 1, 64, 64), [((2, 1, 64, 64), 3e-6)], 1e-4)
@@ -121,6 +130,7 @@ class ExportResult:
     checks: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
     tolerance: float = DEFAULT_TOLERANCE
     sidecar: Path | None = None
+    dynamic_axes: list[str] = field(default_factory=list)
 
     @property
     def max_rel_diff(self) -> float:
@@ -182,13 +192,21 @@ def _input_size(src: ExportSource, input_size: Sequence[int] | None) -> tuple[in
     return size_t
 
 
-def metadata_for(src: ExportSource, fmt: str, dynamic: bool, opset: int | None = None) -> dict[str, Any]:
-    """The preprocessing / provenance record stored with an exported model (JSON-serialisable)."""
+def metadata_for(
+    src: ExportSource, fmt: str, dynamic: bool, opset: int | None = None, spatial: bool = True
+) -> dict[str, Any]:
+    """The preprocessing / provenance record stored with an exported model (JSON-serialisable).
+
+    ``dynamic``: the batch is dynamic; ``spatial``: so are the spatial sizes (multiples of
+    ``size_divisors`` from ``min_input_size`` up).
+    """
     from vmunet import __version__
 
     spec = src.spec
     nd = spec.spatial_dims
     axes = ["batch", "channel", *(["height", "width"] if nd == 2 else ["x", "y", "z"])]
+    spatial = dynamic and spatial
+    units = PT2_MIN_UNITS if fmt == "pt2" else 1
     return {
         "format": fmt,
         "vmunet_version": __version__,
@@ -201,7 +219,9 @@ def metadata_for(src: ExportSource, fmt: str, dynamic: bool, opset: int | None =
         "input_axes": axes,
         "output": "logits (no activation); apply inference.activation, then threshold / argmax",
         "dynamic": dynamic,
+        "dynamic_axes": (["batch", *axes[2:]] if spatial else ["batch"]) if dynamic else [],
         "size_divisors": list(src.size_divisors),
+        "min_input_size": [units * d for d in src.size_divisors] if spatial else None,
         "inference": _jsonable(src.checkpoint["inference"]),
     }
 
@@ -218,15 +238,21 @@ def _sample(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
-def _dynamic_shapes(src: ExportSource, spatial: bool = True) -> tuple[dict[int, Any]]:
-    """A dynamic batch, and (``spatial``) dynamic multiples of the divisors on every spatial axis."""
+def _dynamic_shapes(src: ExportSource, spatial: bool = True, min_units: int = 1) -> tuple[dict[int, Any]]:
+    """A dynamic batch, and (``spatial``) dynamic multiples of the divisors on every spatial axis,
+    from ``min_units`` times the divisor up."""
     from torch.export import Dim
 
     top = 4096 if src.spec.spatial_dims == 2 else 1024
     dims: dict[int, Any] = {0: Dim("batch", min=1, max=1024)}
     for i, d in enumerate(src.size_divisors if spatial else ()):
-        dims[2 + i] = Dim(f"n{i}", min=1, max=max(2, top // d)) * d
+        dims[2 + i] = Dim(f"n{i}", min=min_units, max=max(min_units + 1, top // d)) * d
     return (dims,)
+
+
+def _pt2_spatial(shape: tuple[int, ...], div: tuple[int, ...]) -> bool:
+    """Whether a pt2 program exported at ``shape`` can keep its spatial sizes dynamic."""
+    return all(s >= PT2_MIN_UNITS * d for s, d in zip(shape[2:], div))
 
 
 def _trace_shape(shape: tuple[int, ...], div: tuple[int, ...], dynamic: bool) -> tuple[int, ...]:
@@ -279,9 +305,12 @@ def _export_torchscript(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: 
 
 
 def _export_pt2(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: bool) -> None:
-    kwargs: dict[str, Any] = {"dynamic_shapes": _dynamic_shapes(src, spatial=False)} if dynamic else {}
+    kwargs: dict[str, Any] = {}
+    if dynamic:
+        spatial = _pt2_spatial(tuple(x.shape), src.size_divisors)
+        kwargs["dynamic_shapes"] = _dynamic_shapes(src, spatial=spatial, min_units=PT2_MIN_UNITS)
     ep = torch.export.export(src.model, (x,), **kwargs)
-    meta = metadata_for(src, "pt2", dynamic)
+    meta = metadata_for(src, "pt2", dynamic, spatial=_pt2_spatial(tuple(x.shape), src.size_divisors))
     torch.export.save(ep, str(tmp), extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
@@ -294,20 +323,38 @@ def run_exported(path: str | os.PathLike[str], fmt: str, x: torch.Tensor) -> np.
             (``torch.export.load``).
         x: the input batch.
     """
-    if fmt == "onnx":
-        import onnxruntime as ort
+    return _Runner(path, fmt)(x)
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return np.asarray(sess.run(None, {name: x.numpy()})[0], dtype=np.float32)
-    with torch.no_grad():
-        if fmt == "torchscript":
-            return torch.jit.load(str(path), map_location="cpu")(x).float().numpy()
-        if fmt == "pt2":
-            return torch.export.load(str(path)).module()(x).float().numpy()
-    raise ValueError(f"fmt must be one of {GRAPH_FORMATS}, got {fmt!r}")
+
+class _Runner:
+    """An exported model loaded by its own runtime on first use, then called on each batch."""
+
+    def __init__(self, path: str | os.PathLike[str], fmt: str) -> None:
+        if fmt not in GRAPH_FORMATS:
+            raise ValueError(f"fmt must be one of {GRAPH_FORMATS}, got {fmt!r}")
+        self.path, self.fmt = str(path), fmt
+        self._run: Any = None
+
+    def _load(self) -> Any:
+        if self.fmt == "onnx":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            return lambda x: sess.run(None, {name: x.numpy()})[0]
+        if self.fmt == "torchscript":
+            module = torch.jit.load(self.path, map_location="cpu")
+        else:
+            module = torch.export.load(self.path).module()
+        return lambda x: module(x).float().numpy()
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        if self._run is None:
+            self._run = self._load()
+        with torch.no_grad():
+            return np.asarray(self._run(x), dtype=np.float32)
 
 
 def _reference_logits(src: ExportSource, x: torch.Tensor) -> np.ndarray:
@@ -333,14 +380,15 @@ def _rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def _verify(
-    src: ExportSource, tmp: Path, fmt: str, shapes: list[tuple[int, ...]], tolerance: float, out: Path
+    src: ExportSource, runner: _Runner, shapes: list[tuple[int, ...]], tolerance: float, out: Path
 ) -> list[tuple[tuple[int, ...], float]]:
     checks = []
+    fmt = runner.fmt
     for i, shape in enumerate(shapes):
         x = _sample(shape, seed=i)
         want = _reference_logits(src, x)
         try:
-            got = run_exported(tmp, fmt, x)
+            got = runner(x)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise _DoesNotRun(
@@ -445,11 +493,13 @@ def export_checkpoint(
             dyn = False
             tmp.unlink(missing_ok=True)
             writers[format](tmp, dyn)
-        checks = _verify(src, tmp, format, [shape], tol, out)
+        runner = _Runner(tmp, format)  # loaded once for both checks (a pt2 program takes seconds to load)
+        checks = _verify(src, runner, [shape], tol, out)
         if dyn:
-            second = _second_shape(shape, div) if format != "pt2" else (1, *shape[1:])
+            pt2_batch_only = format == "pt2" and not _pt2_spatial(shape, div)
+            second = _second_shape(shape, div) if not pt2_batch_only else (1, *shape[1:])
             try:
-                checks += _verify(src, tmp, format, [second], tol, out)
+                checks += _verify(src, runner, [second], tol, out)
             except _DoesNotRun as exc:
                 if format != "torchscript":
                     raise
@@ -464,8 +514,8 @@ def export_checkpoint(
                 )
                 dyn = False
     sidecar = out.with_name(out.name + ".json")
-    meta = metadata_for(src, format, dyn, opset_v)
+    meta = metadata_for(src, format, dyn, opset_v, spatial=format != "pt2" or _pt2_spatial(shape, div))
     meta["checks"] = [{"input_shape": list(s), "max_rel_diff": d} for s, d in checks]
     meta["tolerance"] = tol
     atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
-    return ExportResult(out, format, opset_v, dyn, shape, checks, tol, sidecar)
+    return ExportResult(out, format, opset_v, dyn, shape, checks, tol, sidecar, meta["dynamic_axes"])

@@ -5,9 +5,9 @@ loop over every time step; neither can be exported to a graph that another runti
 plain PyTorch (``exp``, ``sum``, ``cat``, ``stack``, ``cumsum``, ``where``, elementwise products)
 differentiated by autograd, and no Python loop or branch depends on the sequence length L. ONNX
 (opset 18, ONNX Runtime), TorchScript and pt2 graphs of the tiny 2-D and 3-D VM-UNets built with it
-reproduce PyTorch's logits at any batch size (tests/export). A symbolic L is another matter: the
-padding to whole chunks is integer arithmetic on L that torch 2.13's ONNX exporter folded to the
-export size's constants, so :mod:`vmunet.export` keeps spatial sizes fixed.
+reproduce PyTorch's logits at any batch size and at other spatial sizes (tests/export): every size
+derived from L is kept at 2 or more (padding by more than a chunk, no (n - 1)-step slices), because
+``torch.export`` specialises sizes of 0 and 1 and would freeze or guard them.
 
 The diagonal recurrence ``h[t] = exp(dt[t] A) h[t-1] + dt[t] u[t] B[t]`` is solved on three levels:
 
@@ -78,8 +78,12 @@ def _from_chunks(t: Tensor, length: int | torch.SymInt) -> Tensor:
 
 
 def _shift(h: Tensor) -> Tensor:
-    """(n, ...) -> (n, ...): the state entering each step (zero, then h[0], ..., h[n - 2])."""
-    return torch.cat([torch.zeros_like(h[:1]), h[:-1]], dim=0)
+    """(n, ...) -> (n, ...): the state entering each step (zero, then h[0], ..., h[n - 2]).
+
+    Padded in front and cut to n, not ``cat([zeros, h[:-1]])``: no tensor of n - 1 steps is formed,
+    a size that is 1 at some export sizes and would be specialised by ``torch.export``.
+    """
+    return F.pad(h, (0, 0) * (h.dim() - 1) + (1, 0))[: h.shape[0]]
 
 
 def _quadratic(log_decay: Tensor, x: Tensor) -> Tensor:
