@@ -308,7 +308,7 @@ class Segmenter:
 
         Raises the same errors as :meth:`predict` for an unreadable or unusable input.
         """
-        return Preparer(self.strategy)(image, is_volume=is_volume, axis=axis)
+        return self.preparer()(image, is_volume=is_volume, axis=axis)
 
     def predict_prepared(
         self,

@@ -9,8 +9,9 @@ input's own grid.
 The two halves are separate steps so that decoding and preprocessing can run in background
 workers while the network predicts the previous input: :meth:`prepare` (CPU only, no
 network: channel checks, normalisation, resampling) returns a :class:`PreparedInput`, and
-:meth:`infer` (the inferer, then post-processing) turns it into labels. ``predict`` is
-``infer(prepare(...))``; there is one inference path whichever process prepared the input.
+:meth:`infer` (the inferer, then post-processing) turns it into labels
+(:meth:`Segmenter.predict <vmunet.inference.Segmenter.predict>` is the two in turn); there is one
+inference path whichever process prepared the input.
 
 * :class:`PlanarStrategy` (2-D checkpoints): pictures through the 2-D inferer (sliding
   window, or resize when the checkpoint says so), volumes slice by slice
@@ -204,12 +205,6 @@ class _Strategy:
         """``(labels, probabilities or None, axis)`` of a prepared input: inferer, then post-processing."""
         raise NotImplementedError
 
-    def predict(
-        self, img: Any, network: Any, return_probabilities: bool, axis: int | None, progress: Progress
-    ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-        """``(labels, probabilities or None, axis)`` of one image: :meth:`infer` of :meth:`prepare`."""
-        return self.infer(self.prepare(img, axis), network, return_probabilities, progress)
-
     def _labels(self, probs: torch.Tensor) -> np.ndarray:
         """``(b, K, ...)`` probabilities -> ``(b, ...)`` label map in the spec's label dtype."""
         labels = labels_from_probabilities(probs, self.spec.activation, self.options.threshold)
@@ -265,6 +260,7 @@ class PlanarStrategy(_Strategy):
     ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """``(labels, probabilities or None, slicing axis or None)`` of one prepared image or volume."""
         if prepared.x is None:
+            assert prepared.axis is not None  # prepare resolved the slicing axis
             return self._volume(prepared.image, network, return_probabilities, prepared.axis, progress)
         p = self.inferer(prepared.x.to(self.options.device), network)
         probs = self._probabilities(p)[0] if return_probabilities else None
@@ -283,11 +279,11 @@ class PlanarStrategy(_Strategy):
         return int(axis)
 
     def _volume(
-        self, img: Any, network: Any, return_probabilities: bool, ax: int | None, progress: Progress
+        self, img: Any, network: Any, return_probabilities: bool, ax: int, progress: Progress
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Slice by slice along ``ax`` (resolved by :meth:`prepare`)."""
         arr = img.array
         spec, where = self.spec, _where(img)
-        ax = self.volume_axis(img, ax)
 
         def preprocess(block: np.ndarray) -> np.ndarray:
             # Each slice on its own, as the training slice datasets do (matters for zscore / minmax).
