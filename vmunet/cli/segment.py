@@ -196,16 +196,13 @@ def run(args: argparse.Namespace) -> int:
     """Run ``vmunet segment``; returns the exit status."""
     from vmunet.errors import VmunetUserError
     from vmunet.inference import Segmenter
-    from vmunet.inference.engines import import_ray, rank_device, share_cpu_threads, torchrun_env
+    from vmunet.inference.engines import check_engine, rank_device, share_cpu_threads, torchrun_env
 
     env = torchrun_env()
     if env is not None and env.world_size > 1:
         share_cpu_threads()
-    if args.engine == "ray":
-        if env is not None and env.world_size > 1:
-            raise VmunetUserError("--engine ray cannot run under torchrun; use one or the other")
-        import_ray()
-    elif args.ray_address is not None or args.ray_num_cpus is not None:
+    check_engine(args.engine, env)  # before the model is loaded
+    if args.engine != "ray" and (args.ray_address is not None or args.ray_num_cpus is not None):
         raise VmunetUserError("--ray-address / --ray-num-cpus need --engine ray")
     writers = _dicom_seg_writers(args)
     device = args.device

@@ -38,6 +38,7 @@ __all__ = [
     "ENGINES",
     "RankGroup",
     "TorchrunEnv",
+    "check_engine",
     "import_ray",
     "rank_device",
     "ray_map",
@@ -55,6 +56,24 @@ ENGINES = ("local", "ray")
 RANK_TIMEOUT = datetime.timedelta(hours=24)
 
 T = TypeVar("T")
+
+
+def check_engine(engine: str, env: TorchrunEnv | None) -> None:
+    """Refuse an engine this process cannot run, before any model is loaded or input read.
+
+    Raises:
+        ValueError: ``engine`` is not one of :data:`ENGINES`.
+        VmunetUserError: ``"ray"`` under torchrun, or Ray is not installed.
+
+    Example:
+        >>> check_engine("local", None)
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray":
+        if env is not None and env.world_size > 1:
+            raise VmunetUserError("--engine ray cannot run under torchrun; use one or the other")
+        import_ray()
 
 
 def share_cpu_threads() -> int:

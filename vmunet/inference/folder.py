@@ -1099,10 +1099,10 @@ def segment_folder(
             ``engine="ray"`` without Ray installed or under torchrun.
         ValueError: a bad ``engine`` or ``workers``.
     """
-    from vmunet.inference.engines import ENGINES, torchrun_env
+    from vmunet.inference.engines import check_engine, torchrun_env
 
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    env = torchrun_env()
+    check_engine(engine, env)  # before planning: Ray missing, or Ray under torchrun
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     writers = tuple(writers)
@@ -1116,13 +1116,7 @@ def segment_folder(
         "overwrite": overwrite,
         "writers": writers,
     }
-    env = torchrun_env()
     if engine == "ray":
-        if env is not None and env.world_size > 1:
-            raise VmunetUserError("--engine ray cannot run under torchrun; use one or the other")
-        from vmunet.inference.engines import import_ray
-
-        import_ray()  # fail before planning when Ray is missing
         plan = plan_folder(**plan_args)
         return _segment_ray(segmenter, plan, opts, progress, ray_address, ray_num_cpus, ray_use_gpus)
     if env is not None and env.world_size > 1:
