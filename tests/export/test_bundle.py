@@ -207,3 +207,27 @@ def test_bundle_refuses_a_non_empty_output_folder_and_a_foreign_checkpoint(ckpt2
     assert not (tmp_path / "new").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "taken" in err[0] and "foreign.pt" in err[1] and "vmunet checkpoint" in err[1]
+
+
+def test_bundle_preprocessing_refuses_what_vmunet_segment_refuses():
+    from vmunet.data import ImageData
+    from vmunet.errors import VmunetUserError
+    from vmunet.export.monai_components import VmunetPreprocessd
+
+    info2d = {"in_channels": 1, "out_channels": 2, "input_size": [32, 32]}
+    pre2d = VmunetPreprocessd("image", info2d)
+
+    def run(pre, img):
+        return pre({"image": img.array, "_vmunet_image": img})
+
+    x = run(pre2d, ImageData(np.ones((40, 30), np.float32), format="png", path="ok.png"))["image"]
+    assert tuple(x.shape) == (1, 40, 30)
+    vol = ImageData(np.ones((8, 8, 4), np.float32), spacing=(1.0, 1.0, 1.0), format="nifti", path="v.nii.gz")
+    with pytest.raises(VmunetUserError, match=r"v\.nii\.gz.*is a volume but this bundle holds a 2-D model"):
+        run(pre2d, vol)
+    nan = np.ones((40, 30), np.float32)
+    nan[3, 4] = np.nan
+    with pytest.raises(VmunetUserError, match=r"nan\.png.*NaN"):
+        run(pre2d, ImageData(nan, format="png", path="nan.png"))
+    with pytest.raises(VmunetUserError, match=r"empty\.png.*no pixels"):
+        run(pre2d, ImageData(np.zeros((0, 30), np.float32), format="png", path="empty.png"))

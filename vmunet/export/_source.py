@@ -7,6 +7,7 @@ architecture and the preprocessing an exported file has to describe.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,21 @@ import torch
 
 from vmunet.errors import VmunetUserError
 
-__all__ = ["EXPORT_SCAN_BACKEND", "ExportSource", "export_scan_backend", "load_source"]
+__all__ = ["EXPORT_SCAN_BACKEND", "ExportSource", "export_scan_backend", "jsonable", "load_source"]
 
 #: The selective-scan backend exported graphs are traced with: plain tensor ops, no custom op.
 EXPORT_SCAN_BACKEND = "chunked"
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values (arrays and tensors as lists, anything else unknown as its str).
+
+    Example:
+        >>> import numpy as np
+        >>> jsonable({"spacing": np.array([1.5, 2.0])})
+        {'spacing': [1.5, 2.0]}
+    """
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def export_scan_backend() -> str:

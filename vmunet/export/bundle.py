@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from vmunet.errors import VmunetUserError
-from vmunet.export._source import ExportSource, load_source
+from vmunet.export._source import ExportSource, jsonable, load_source
 
 __all__ = [
     "BUNDLE_SCHEMA_URL",
@@ -103,10 +103,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
 def _inferer(src: ExportSource) -> dict[str, Any]:
     spec = src.spec
     overlap = float(spec.overlap)
@@ -144,7 +140,7 @@ def _inferer(src: ExportSource) -> dict[str, Any]:
 def inference_config(src: ExportSource, bundle_root: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``configs/inference.json`` of a checkpoint's bundle (see the module docstring)."""
     spec = src.spec
-    inference = _jsonable(src.checkpoint["inference"])
+    inference = jsonable(src.checkpoint["inference"])
     post: list[dict[str, Any]] = []
     if spec.spatial_dims == 3:
         post.append({"_target_": f"{_COMPONENTS}.VmunetResampleBackd", "keys": "pred"})
@@ -175,7 +171,7 @@ def inference_config(src: ExportSource, bundle_root: str | os.PathLike[str]) -> 
         "network_def": {
             "_target_": "vmunet.create_model",
             "name": src.arch_name,
-            **_jsonable(src.arch_kwargs),
+            **jsonable(src.arch_kwargs),
         },
         "network": "$@network_def.to(@device)",
         "preprocessing": {
@@ -293,7 +289,7 @@ def metadata(src: ExportSource, version: str = BUNDLE_VERSION) -> dict[str, Any]
                 }
             },
         },
-        "vmunet_inference": _jsonable(src.checkpoint["inference"]),
+        "vmunet_inference": jsonable(src.checkpoint["inference"]),
     }
 
 

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from vmunet.errors import VmunetUserError
-from vmunet.export._source import ExportSource, export_scan_backend, load_source
+from vmunet.export._source import ExportSource, export_scan_backend, jsonable, load_source
 from vmunet.utils.io import atomic_path, atomic_write_text
 
 __all__ = [
@@ -222,12 +222,8 @@ def metadata_for(
         "dynamic_axes": (["batch", *axes[2:]] if spatial else ["batch"]) if dynamic else [],
         "size_divisors": list(src.size_divisors),
         "min_input_size": [units * d for d in src.size_divisors] if spatial else None,
-        "inference": _jsonable(src.checkpoint["inference"]),
+        "inference": jsonable(src.checkpoint["inference"]),
     }
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 # --------------------------------------------------------------------------- export

@@ -106,49 +106,40 @@ class VmunetPreprocessd(MapTransform):
 
     def __init__(self, keys: Any, inference: Mapping[str, Any]) -> None:
         super().__init__(keys)
+        from vmunet.inference.segmenter import Preparer
         from vmunet.inference.spec import InferenceSpec
         from vmunet.inference.strategies import RunOptions, strategy_for
 
         self.spec = InferenceSpec.from_dict(inference, source="bundle inference")
-        # the preparation half of vmunet segment's strategy (CPU only; its inferer is not used)
-        self._strategy = strategy_for(self.spec.spatial_dims)(self.spec, RunOptions(torch.device("cpu")))
+        # the preparation half of vmunet segment (checks, then the strategy's prepare; CPU only)
+        strategy = strategy_for(self.spec.spatial_dims)(self.spec, RunOptions(torch.device("cpu")))
+        self._prepare = Preparer(strategy)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from vmunet.inference.segmenter import _check_finite
         from vmunet.inference.strategies import input_error
 
         d = dict(data)
         img = d.pop(_IMAGE_DATA)
         for key in self.key_iterator(d):
-            arr = img.array
-            if arr.size == 0:
-                raise input_error(img, f"image has no pixels (shape {arr.shape})")
-            _check_finite(arr, lambda why: input_error(img, why))
+            if self.spec.spatial_dims == 2 and img.is_volume:
+                raise input_error(
+                    img,
+                    "is a volume but this bundle holds a 2-D model that segments pictures; segment volumes "
+                    "slice by slice with vmunet segment",
+                )
+            prepared = self._prepare(img)
             if self.spec.spatial_dims == 3:
-                d[key] = self._volume(img, d)
-            else:
-                d[key] = self._picture(img)
+                self._keep_grids(prepared, d)
+            d[key] = prepared.x[0]
         return d
 
-    def _picture(self, img: Any) -> torch.Tensor:
-        from vmunet.inference.strategies import input_error
-
-        if img.is_volume:
-            raise input_error(
-                img,
-                "is a volume but this bundle holds a 2-D model that segments pictures; segment volumes slice "
-                "by slice with vmunet segment",
-            )
-        return self._strategy.prepare(img).x[0]
-
-    def _volume(self, img: Any, d: dict[Hashable, Any]) -> torch.Tensor:
-        prepared = self._strategy.prepare(img)  # vmunet segment's own 3-D preprocessing
+    @staticmethod
+    def _keep_grids(prepared: Any, d: dict[Hashable, Any]) -> None:
         extra = prepared.extra
         d["vmunet_affine"] = extra["affine"]
         d["vmunet_grid_affine"] = torch.as_tensor(extra["grid_affine"], dtype=torch.float64)
         d["vmunet_shape"] = torch.tensor(extra["shape"], dtype=torch.int64)
         d["vmunet_resample"] = torch.tensor(bool(extra["resample"]))
-        return prepared.x[0]
 
 
 class PrepareImage:
