@@ -562,6 +562,11 @@ def _existing_row(existing: Any, names: Sequence[str]) -> dict[str, Any]:
     return row
 
 
+def _base_row(item: InputItem, outputs: dict[str, Path]) -> dict[str, Any]:
+    """The summary fields every row starts with (the input and its label map as the user named them)."""
+    return {"file": str(item.path), "output": str(outputs["mask"]), "error": ""}
+
+
 def _error_message(item: InputItem, exc: BaseException) -> str:
     if isinstance(exc, VmunetUserError):
         return str(exc)
@@ -609,7 +614,7 @@ def plan_folder(
     for i, item in enumerate(items):
         t0 = time.perf_counter()
         outs = _outputs_for(item, out_dir, probabilities, overlay, writers)
-        row: dict[str, Any] = {"file": str(item.path), "output": str(outs["mask"]), "error": ""}
+        row = _base_row(item, outs)
         try:
             _check_item(item, outs, input_paths, claimed)
             existing = None if overwrite else _existing_output(outs)
@@ -670,14 +675,11 @@ def write_prediction(
     return row
 
 
-def _base_row(task: FileTask) -> dict[str, Any]:
-    return {"file": str(task.item.path), "output": str(task.outputs["mask"]), "error": ""}
-
-
 def _failed_row(task: FileTask, msg: str, seconds: float, log: bool = True) -> dict[str, Any]:
     if log:
         logger.error("%s", msg)
-    return {**_base_row(task), "status": "failed", "error": msg, "seconds": round(seconds, 3)}
+    row = _base_row(task.item, task.outputs)
+    return {**row, "status": "failed", "error": msg, "seconds": round(seconds, 3)}
 
 
 def _write_task(
@@ -687,7 +689,7 @@ def _write_task(
     t0 = time.perf_counter()
     try:
         row = {
-            **_base_row(task),
+            **_base_row(task.item, task.outputs),
             **write_prediction(
                 pred,
                 task.outputs,
