@@ -300,13 +300,12 @@ def _export_torchscript(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: 
     torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
-def _export_pt2(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: bool) -> None:
+def _export_pt2(src: ExportSource, x: torch.Tensor, tmp: Path, dynamic: bool, spatial: bool) -> None:
     kwargs: dict[str, Any] = {}
     if dynamic:
-        spatial = _pt2_spatial(tuple(x.shape), src.size_divisors)
         kwargs["dynamic_shapes"] = _dynamic_shapes(src, spatial=spatial, min_units=PT2_MIN_UNITS)
     ep = torch.export.export(src.model, (x,), **kwargs)
-    meta = metadata_for(src, "pt2", dynamic, spatial=_pt2_spatial(tuple(x.shape), src.size_divisors))
+    meta = metadata_for(src, "pt2", dynamic, spatial=spatial)
     torch.export.save(ep, str(tmp), extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
@@ -458,6 +457,7 @@ def export_checkpoint(
     size = _input_size(src, input_size)
     shape = (_EXPORT_BATCH, src.spec.in_channels, *size)
     div = src.size_divisors
+    spatial = format != "pt2" or _pt2_spatial(shape, div)  # pt2: only from twice the divisor up
 
     def traced(dyn: bool) -> torch.Tensor:  # a TorchScript trace keeps the sizes it saw: trace at `shape`
         return _sample(_trace_shape(shape, div, dyn and format == "onnx"))
@@ -465,7 +465,7 @@ def export_checkpoint(
     writers = {
         "onnx": lambda t, dyn: _export_onnx(src, traced(dyn), t, opset_v, dyn),  # type: ignore[arg-type]
         "torchscript": lambda t, dyn: _export_torchscript(src, traced(dyn), t, dyn),
-        "pt2": lambda t, dyn: _export_pt2(src, traced(dyn), t, dyn),
+        "pt2": lambda t, dyn: _export_pt2(src, traced(dyn), t, dyn, spatial),
     }
     dyn = bool(dynamic)
     with atomic_path(out) as tmp:
@@ -492,8 +492,7 @@ def export_checkpoint(
         runner = _Runner(tmp, format)  # loaded once for both checks (a pt2 program takes seconds to load)
         checks = _verify(src, runner, [shape], tol, out)
         if dyn:
-            pt2_batch_only = format == "pt2" and not _pt2_spatial(shape, div)
-            second = _second_shape(shape, div) if not pt2_batch_only else (1, *shape[1:])
+            second = _second_shape(shape, div) if spatial else (1, *shape[1:])
             try:
                 checks += _verify(src, runner, [second], tol, out)
             except _DoesNotRun as exc:
@@ -510,7 +509,7 @@ def export_checkpoint(
                 )
                 dyn = False
     sidecar = out.with_name(out.name + ".json")
-    meta = metadata_for(src, format, dyn, opset_v, spatial=format != "pt2" or _pt2_spatial(shape, div))
+    meta = metadata_for(src, format, dyn, opset_v, spatial=spatial)
     meta["checks"] = [{"input_shape": list(s), "max_rel_diff": d} for s, d in checks]
     meta["tolerance"] = tol
     atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
