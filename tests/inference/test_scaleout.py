@@ -267,6 +267,43 @@ def test_torchrun_resume_redoes_only_the_missing_output(torchrun_out, folder, ct
     assert (out / "c.nii.gz").read_bytes() == (src / "c.nii.gz").read_bytes()
 
 
+def test_a_killed_run_leaves_no_half_written_output_and_a_rerun_finishes(
+    folder, ct_checkpoint, reference, tmp_path
+):
+    """SIGKILL (no clean-up runs) while a run is writing: whatever stands under a final name is complete,
+    and the rerun segments what is missing, with the single-process run's outputs. (A kill in the
+    middle of a write leaves that write's hidden ``.<case>.<id>.tmp`` file; it is never read as an
+    output.)"""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "vmunet", "segment", str(folder), "-c", str(ct_checkpoint), "-o", str(out)]
+    cmd += ["--device", "cpu", "--batch-size", "2", "--no-progress", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not any((out / n).exists() for n in GOOD) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    for name in GOOD:  # a label map under its final name is whole (readable, same as the reference)
+        if (out / name).exists():
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 1, rerun.stderr[-3000:]  # exit 1: the broken input fails again
+    for name in GOOD:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    got, want = _rows(out), _rows(reference)
+    assert set(got) == set(want) and got[BAD]["status"] == "failed"
+    assert any(got[n]["status"] == "ok" for n in GOOD), "the kill came after every input was done"
+    for name in GOOD:  # finished before the kill: skipped, with the counts read back from the file
+        assert got[name]["status"] in ("ok", "skipped"), name
+        assert {k: got[name][k] for k in _NUMERIC[1:]} == {k: want[name][k] for k in _NUMERIC[1:]}, name
+    stray = {p.name for p in out.rglob("*") if p.is_file()} - set(GOOD) - {"summary.csv"}
+    assert all(n.startswith(".") and ".tmp" in n for n in stray), stray
+
+
 def test_torchrun_two_nodes_through_rendezvous_each_input_once(folder, ct_checkpoint, reference, tmp_path):
     """Two torchrun agents (one per "node", as on two machines sharing the output folder) join through
     torchrun's c10d rendezvous: global RANK 0 and 1, LOCAL_RANK 0 on both."""
